@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# The native stack: every store the platform needs, on loopback, without Docker.
+#
+#   infra/local/stack.sh up [COMPONENT...]   install what is missing, start, wait until each answers
+#   infra/local/stack.sh down                stop what this script started
+#   infra/local/stack.sh status              what answers, and who owns it
+#   infra/local/stack.sh install             install only (apt, pip, cargo), start nothing
+#
+# Components: postgres redis kafka clickhouse mongo (default: all).
+# Idempotent: a store already answering on its port is used as it is (and left running by
+# `down`). Data, logs and pid files live under $SHOP_STACK_DIR (default: <repo>/.stack).
+# Slow builds are cached under $SHOP_CACHE_DIR (default: ~/.cache/shop) and reused.
+#
+# Ports (the same as docker-compose.yml, so services never know which stack they are on):
+#   postgres 5432 (user shop/shop) | redis 6379 | kafka 9092 (tansu) | clickhouse 8123 http, 9000 native
+#   mongo 27017 (nx-27017)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STACK_DIR="${SHOP_STACK_DIR:-$REPO/.stack}"
+CACHE_DIR="${SHOP_CACHE_DIR:-$HOME/.cache/shop}"
+LOG_DIR="$STACK_DIR/logs"
+RUN_DIR="$STACK_DIR/run"
+
+TANSU_VERSION=0.6.0
+TANSU_FEATURES=libsql
+TANSU_ROOT="$CACHE_DIR/tansu-$TANSU_VERSION-$TANSU_FEATURES"
+TANSU_BIN="$TANSU_ROOT/bin/tansu"
+NX_VERSION=0.8.1
+NX_VENV="$CACHE_DIR/venv-nx27017-$NX_VERSION"
+PG_MAJOR=15
+PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+
+ALL=(postgres redis kafka clickhouse mongo)
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Fails for good (not just "not yet") when the process is gone, so wait_for stops early.
+alive_and_open() { kill -0 "$(cat "$1")" 2>/dev/null || return 2; port_open "$2"; }
+
+wait_for() { # name timeout_s command...
+  local name=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  local rc
+  while true; do
+    rc=0; "$@" >/dev/null 2>&1 || rc=$?
+    ((rc == 0)) && return 0
+    if ((rc == 2 || SECONDS >= deadline)); then
+      log "$name did not answer within ${timeout}s; last log lines:"
+      tail -n 30 "$LOG_DIR/$name.log" 2>/dev/null >&2 || true
+      return 1
+    fi
+    sleep 0.3
+  done
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+APT_UPDATED=0
+apt_install() { # packages...
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  log "apt-get install ${missing[*]}"
+  if [ $APT_UPDATED = 0 ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
+  # policy-rc.d 101: packages must not start their own daemons; this script starts them.
+  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+started_here() { echo "$1" >> "$RUN_DIR/started"; }
+
+# ---------------------------------------------------------------- postgres
+install_postgres() {
+  [ -x "$PG_BIN/postgres" ] || apt_install "postgresql-$PG_MAJOR"
+  [ -x "$PG_BIN/pgbench" ] || apt_install "postgresql-contrib"  2>/dev/null || true
+}
+
+ensure_shop_role() {
+  if PGPASSWORD=shop "$PG_BIN/psql" -h 127.0.0.1 -U shop -d postgres -Atqc 'select 1' >/dev/null 2>&1; then return 0; fi
+  log "creating role shop on the existing PostgreSQL"
+  local sql="DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='shop') THEN CREATE ROLE shop LOGIN SUPERUSER PASSWORD 'shop'; END IF; END\$\$;"
+  runuser -u postgres -- "$PG_BIN/psql" -Atqc "$sql" >/dev/null 2>&1 \
+    || "$PG_BIN/psql" -h 127.0.0.1 -U postgres -Atqc "$sql" >/dev/null 2>&1 \
+    || die "PostgreSQL on 5432 does not accept shop/shop and I cannot create the role; create it: $sql"
+}
+
+up_postgres() {
+  install_postgres
+  if port_open 5432; then log "postgres: using the server already on 5432"; ensure_shop_role; return; fi
+  local data="$STACK_DIR/postgres"
+  if [ ! -s "$data/PG_VERSION" ]; then
+    log "postgres: initdb $data"
+    mkdir -p "$data"; chown postgres:postgres "$data"; chmod 700 "$data"
+    local pw; pw=$(mktemp); echo shop > "$pw"; chmod 644 "$pw"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -U shop --pwfile="$pw" --auth=scram-sha-256 \
+      --encoding=UTF8 --locale=C.UTF-8 >"$LOG_DIR/postgres-initdb.log" 2>&1
+    rm -f "$pw"
+    cat >> "$data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = 5432
+unix_socket_directories = '$RUN_DIR'
+max_connections = 400
+shared_buffers = 512MB
+CONF
+  fi
+  chown postgres:postgres "$RUN_DIR" "$LOG_DIR/postgres.log" 2>/dev/null || { touch "$LOG_DIR/postgres.log"; chown postgres:postgres "$RUN_DIR" "$LOG_DIR/postgres.log"; }
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null
+  started_here postgres
+  wait_for postgres 60 env PGPASSWORD=shop "$PG_BIN/psql" -h 127.0.0.1 -U shop -d postgres -Atqc 'select 1'
+  log "postgres: up on 127.0.0.1:5432 (data $data)"
+}
+
+down_postgres() {
+  [ -s "$STACK_DIR/postgres/postmaster.pid" ] || return 0
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$STACK_DIR/postgres" -m fast -w stop >/dev/null || true
+}
+
+# ---------------------------------------------------------------- redis
+up_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  if port_open 6379; then log "redis: using the server already on 6379"; return; fi
+  mkdir -p "$STACK_DIR/redis"
+  redis-server --bind 127.0.0.1 --port 6379 --dir "$STACK_DIR/redis" --daemonize yes \
+    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --appendonly yes --save ""
+  started_here redis
+  wait_for redis 20 redis-cli -p 6379 ping
+  log "redis: up on 127.0.0.1:6379"
+}
+
+down_redis() { kill_pidfile "$RUN_DIR/redis.pid"; }
+
+# ---------------------------------------------------------------- kafka (tansu)
+install_kafka() {
+  if [ -x "$TANSU_BIN" ]; then return; fi
+  command -v cc >/dev/null || apt_install gcc
+  log "kafka: building tansu $TANSU_VERSION ($TANSU_FEATURES) once into $TANSU_ROOT (about 20 min on 2 cores)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features "$TANSU_FEATURES" \
+    --root "$TANSU_ROOT" >"$CACHE_DIR/tansu-build.log" 2>&1 \
+    || { tail -n 40 "$CACHE_DIR/tansu-build.log" >&2; die "tansu build failed (log: $CACHE_DIR/tansu-build.log)"; }
+}
+
+up_kafka() {
+  install_kafka
+  if port_open 9092; then log "kafka: using the broker already on 9092"; return; fi
+  mkdir -p "$STACK_DIR/kafka"
+  # SQLite storage: measured durable across kill -9 with exact offset resume (memory:// loses data).
+  # tansu resolves the sqlite:// path against its working directory (an absolute path gets the
+  # cwd prefixed), so it runs from the data directory with a relative file name.
+  (cd "$STACK_DIR/kafka" && exec nohup "$TANSU_BIN" broker \
+    --storage-engine "sqlite://tansu.db" \
+    --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 \
+    >"$LOG_DIR/kafka.log" 2>&1) &
+  echo $! > "$RUN_DIR/kafka.pid"
+  started_here kafka
+  wait_for kafka 60 alive_and_open "$RUN_DIR/kafka.pid" 9092
+  log "kafka: up on 127.0.0.1:9092 (tansu, sqlite storage)"
+}
+
+down_kafka() { kill_pidfile "$RUN_DIR/kafka.pid"; }
+
+# ---------------------------------------------------------------- clickhouse
+up_clickhouse() {
+  [ -x /usr/sbin/clickhouse-server ] || apt_install clickhouse-server clickhouse-client
+  if port_open 8123; then log "clickhouse: using the server already on 8123"; return; fi
+  local dir="$STACK_DIR/clickhouse"
+  mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
+  cat > "$dir/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <logger>
+    <level>warning</level>
+    <log>$LOG_DIR/clickhouse.log</log>
+    <errorlog>$LOG_DIR/clickhouse.err.log</errorlog>
+  </logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>8123</http_port>
+  <tcp_port>9000</tcp_port>
+  <path>$dir/data/</path>
+  <tmp_path>$dir/tmp/</tmp_path>
+  <user_files_path>$dir/user_files/</user_files_path>
+  <format_schema_path>$dir/format_schemas/</format_schema_path>
+  <users_config>$dir/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <max_concurrent_queries>100</max_concurrent_queries>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+XML
+  cat > "$dir/users.xml" <<'XML'
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+XML
+  nohup /usr/sbin/clickhouse-server --config-file="$dir/config.xml" >"$LOG_DIR/clickhouse.out" 2>&1 &
+  echo $! > "$RUN_DIR/clickhouse.pid"
+  started_here clickhouse
+  wait_for clickhouse 60 curl -fsS http://127.0.0.1:8123/ping
+  log "clickhouse: up on 127.0.0.1:8123 (http) / 9000 (native), version $(curl -fsS 'http://127.0.0.1:8123/?query=SELECT%20version()')"
+}
+
+down_clickhouse() { kill_pidfile "$RUN_DIR/clickhouse.pid"; }
+
+# ---------------------------------------------------------------- mongo (nx-27017)
+install_mongo() {
+  [ -x "$NX_VENV/bin/nx-27017" ] && return
+  log "mongo: installing nx-27017 $NX_VERSION into $NX_VENV"
+  python3 -m venv "$NX_VENV" || { apt_install python3-venv; python3 -m venv "$NX_VENV"; }
+  "$NX_VENV/bin/pip" install -q "nx-27017==$NX_VERSION"
+}
+
+up_mongo() {
+  install_mongo
+  if port_open 27017; then log "mongo: using the server already on 27017"; return; fi
+  mkdir -p "$STACK_DIR/mongo"
+  nohup "$NX_VENV/bin/nx-27017" --host 127.0.0.1 --port 27017 --data-dir "$STACK_DIR/mongo" \
+    --log-file "$LOG_DIR/mongo.log" >"$LOG_DIR/mongo.out" 2>&1 &
+  echo $! > "$RUN_DIR/mongo.pid"
+  started_here mongo
+  wait_for mongo 60 alive_and_open "$RUN_DIR/mongo.pid" 27017
+  log "mongo: up on 127.0.0.1:27017 (nx-27017, SQLite-backed)"
+}
+
+down_mongo() { kill_pidfile "$RUN_DIR/mongo.pid"; }
+
+# ---------------------------------------------------------------- common
+kill_pidfile() {
+  local f=$1 pid
+  [ -s "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+cmd_up() {
+  local components=("$@")
+  ((${#components[@]})) || components=("${ALL[@]}")
+  mkdir -p "$STACK_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR"
+  touch "$RUN_DIR/started"
+  for c in "${components[@]}"; do
+    case $c in postgres|redis|kafka|clickhouse|mongo) "up_$c" ;; *) die "unknown component $c" ;; esac
+  done
+}
+
+cmd_install() {
+  mkdir -p "$CACHE_DIR"
+  install_postgres; command -v redis-server >/dev/null || apt_install redis-server
+  [ -x /usr/sbin/clickhouse-server ] || apt_install clickhouse-server clickhouse-client
+  install_kafka; install_mongo
+}
+
+cmd_down() {
+  for c in mongo clickhouse kafka redis postgres; do "down_$c"; done
+  rm -f "$RUN_DIR/started"
+  log "stack stopped"
+}
+
+cmd_status() {
+  for spec in postgres:5432 redis:6379 kafka:9092 clickhouse:8123 mongo:27017; do
+    local name=${spec%%:*} port=${spec##*:} owner="external"
+    grep -qx "$name" "$RUN_DIR/started" 2>/dev/null && owner="this stack"
+    if port_open "$port"; then printf '%-11s up    127.0.0.1:%-5s (%s)\n' "$name" "$port" "$owner"
+    else printf '%-11s down  127.0.0.1:%s\n' "$name" "$port"; fi
+  done
+}
+
+case "${1:-up}" in
+  up) shift || true; cmd_up "$@" ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  install) cmd_install ;;
+  *) die "usage: $0 up [component...] | down | status | install" ;;
+esac

@@ -1,0 +1,91 @@
+//! The gRPC server frame shared by every service: standard health (`grpc.health.v1`),
+//! reflection (so `grpcurl` and k6 work without .proto files), and a graceful stop.
+//! Also the small helpers the adapters use to turn protobuf fields into domain values.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
+
+use crate::error::ServiceError;
+
+/// Routes every service starts from: health and reflection. Add the service's own with
+/// `routes.add_service(...)`, then mark it serving on the reporter.
+pub fn base_routes() -> anyhow::Result<(Routes, HealthReporter)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(shop_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    Ok((Routes::new(health).add_service(reflection), reporter))
+}
+
+/// Binds the gRPC port (0 = any free port) and returns the listener with its address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind gRPC port {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves `routes` on `listener` until `shutdown` is cancelled, then lets in-flight calls finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.cancelled().await
+        })
+        .await
+        .context("gRPC server failed")
+}
+
+/// A required string field: present and not blank.
+pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, ServiceError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(ServiceError::invalid(field, "is required"));
+    }
+    Ok(trimmed)
+}
+
+/// A required UUID field.
+pub fn uuid_field(field: &str, value: &str) -> Result<uuid::Uuid, ServiceError> {
+    uuid::Uuid::parse_str(required(field, value)?)
+        .map_err(|_| ServiceError::invalid(field, "must be a UUID"))
+}
+
+/// Page size with a default and a hard cap: no unbounded reads.
+pub fn page_size(requested: u32, default: u32, max: u32) -> u32 {
+    match requested {
+        0 => default,
+        n => n.min(max),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_required_field_is_invalid_argument_naming_it() {
+        let err = required("customer_id", "  ").unwrap_err();
+        assert_eq!(err.to_string(), "invalid customer_id: is required");
+    }
+
+    #[test]
+    fn page_size_is_capped() {
+        assert_eq!(page_size(0, 50, 500), 50);
+        assert_eq!(page_size(10_000, 50, 500), 500);
+        assert_eq!(page_size(7, 50, 500), 7);
+    }
+}

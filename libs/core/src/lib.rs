@@ -1,0 +1,21 @@
+//! # shop-core
+//!
+//! The frame every service is built in. Read in this order:
+//!
+//! - [`app`]: [`app::Application`], the bind -> serve -> drain frame of every binary.
+//! - [`config`]: layered settings (struct defaults, then an optional TOML file, then `SHOP__*` env).
+//! - [`telemetry`]: tracing (JSON or pretty logs) and the Prometheus `/metrics` endpoint.
+//! - [`error`]: [`error::ServiceError`], mapped once to `tonic::Status`.
+//! - [`shutdown`]: signal -> cancellation token -> drain under a deadline.
+//! - [`db`]: PostgreSQL pools, creating a service's own database on first start.
+//! - [`grpc`]: the gRPC server frame (health, reflection, graceful stop) and field validation helpers.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::ServiceError;

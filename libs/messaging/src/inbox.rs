@@ -1,0 +1,456 @@
+//! The inbox: consume a topic so that each message's effect happens once.
+//!
+//! For every message, in partition order:
+//!
+//! 1. decode the [`EventEnvelope`] (undecodable -> dead-letter at once: retrying cannot help);
+//! 2. in ONE transaction: insert `(consumer, event_id)` into `inbox`; if it was already there
+//!    the message is a duplicate and nothing else happens; otherwise run the handler's effect
+//!    on the same connection; commit;
+//! 3. store the offset; librdkafka commits stored offsets in the background (and once more,
+//!    synchronously, on shutdown). A crash between 2 and 3 re-delivers the message and step 2
+//!    skips it.
+//!
+//! A handler error rolls the transaction back. [`HandlerError::Transient`] is retried with
+//! exponential backoff up to `max_attempts`; then, or at once for [`HandlerError::Permanent`],
+//! the message goes to `<topic>.dlq` with its error and attempt count in headers, an inbox row
+//! records it as dead-lettered, and the partition moves on.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use prost::Message as _;
+use rdkafka::{
+    ClientContext, Message, Statistics,
+    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    message::{BorrowedMessage, Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    envelope::EventEnvelope,
+    kafka::{KafkaSettings, dead_letter_topic},
+};
+
+/// Why a handler could not apply a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed later (a lock timeout, a dependency down): retried with backoff.
+    #[error("transient: {0:#}")]
+    Transient(anyhow::Error),
+    /// Will never succeed (a payload that does not decode, an unknown type): dead-lettered now.
+    #[error("permanent: {0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Transient(e.into())
+    }
+}
+
+impl From<prost::DecodeError> for HandlerError {
+    fn from(e: prost::DecodeError) -> Self {
+        Self::Permanent(e.into())
+    }
+}
+
+/// The effect of a message. It runs inside the inbox transaction: write through `conn` only
+/// (enqueue replies with `outbox::enqueue(conn, ..)`), so the effect, its replies and the inbox
+/// row commit together.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a EventEnvelope,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxConfig {
+    /// The consumer's name: the Kafka group id and the inbox's dedup scope.
+    pub consumer: String,
+    pub topics: Vec<String>,
+    /// Tries before a failing message is dead-lettered.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Inbox rows older than this are deleted. Must exceed the longest redelivery horizon
+    /// (consumer-group offset retention), or a very late duplicate would be applied again.
+    pub retention: Duration,
+}
+
+impl InboxConfig {
+    pub fn new(consumer: impl Into<String>, topics: &[&str]) -> Self {
+        Self {
+            consumer: consumer.into(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Counters of one inbox consumer (Prometheus gets the same figures, labelled by consumer).
+#[derive(Debug, Default)]
+pub struct InboxStats {
+    pub processed: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// Exports librdkafka's per-partition consumer lag as a gauge.
+pub struct LagContext {
+    consumer: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "inbox_consumer_lag",
+                    "consumer" => self.consumer.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+pub struct Inbox<H> {
+    pool: PgPool,
+    consumer: StreamConsumer<LagContext>,
+    dlq_producer: FutureProducer,
+    handler: H,
+    config: InboxConfig,
+    stats: Arc<InboxStats>,
+}
+
+enum Outcome {
+    Processed,
+    Duplicate,
+    DeadLettered,
+}
+
+impl<H: Handler> Inbox<H> {
+    /// Subscribes to `config.topics` as group `config.consumer`.
+    pub fn new(
+        pool: PgPool,
+        kafka: &KafkaSettings,
+        config: InboxConfig,
+        handler: H,
+    ) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer<LagContext> = kafka
+            .consumer_config(&config.consumer)
+            .create_with_context(LagContext {
+                consumer: config.consumer.clone(),
+            })
+            .context("cannot create Kafka consumer")?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).context("cannot subscribe")?;
+        let dlq_producer = kafka.producer(Duration::from_secs(30))?;
+        Ok(Self {
+            pool,
+            consumer,
+            dlq_producer,
+            handler,
+            config,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<InboxStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown`; the message in hand is finished (or left for redelivery if it
+    /// is between retries), then stored offsets are committed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(consumer = %self.config.consumer, topics = ?self.config.topics, "inbox consumer started");
+        let mut cleanup = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            let msg = tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = cleanup.tick() => {
+                    if let Err(e) = self.delete_expired().await {
+                        tracing::warn!(error = ?e, "inbox cleanup failed");
+                    }
+                    continue;
+                }
+                msg = self.consumer.recv() => msg,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consume error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match self.process(&msg, &shutdown).await {
+                Ok(Some(outcome)) => {
+                    let c = &self.config.consumer;
+                    match outcome {
+                        Outcome::Processed => {
+                            self.stats.processed.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("inbox_processed_total", "consumer" => c.clone())
+                                .increment(1);
+                        }
+                        Outcome::Duplicate => {
+                            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("inbox_duplicates_total", "consumer" => c.clone())
+                                .increment(1);
+                        }
+                        Outcome::DeadLettered => {
+                            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("inbox_dead_lettered_total", "consumer" => c.clone())
+                                .increment(1);
+                        }
+                    }
+                    if let Err(e) = self.consumer.store_offset_from_message(&msg) {
+                        tracing::warn!(error = %e, "cannot store offset; the message will be redelivered");
+                    }
+                }
+                // Shutdown while the message was between retries: leave it for redelivery.
+                Ok(None) => break,
+                Err(e) => {
+                    // The database or broker is unreachable: do not move the offset, re-seek and
+                    // try the same message again after a pause.
+                    tracing::error!(error = ?e, "inbox cannot process message, retrying");
+                    let _ = self.consumer.seek(
+                        msg.topic(),
+                        msg.partition(),
+                        rdkafka::Offset::Offset(msg.offset()),
+                        Duration::from_secs(5),
+                    );
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(self.config.max_backoff) => {},
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last auto-commit is the common, harmless case.
+            tracing::debug!(error = %e, "final offset commit");
+        }
+        tracing::info!(consumer = %self.config.consumer, "inbox consumer stopped");
+        Ok(())
+    }
+
+    /// `Ok(None)` = interrupted by shutdown. `Err` = infrastructure failure (retry the message).
+    async fn process(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Outcome>> {
+        let envelope = match msg.payload().map(EventEnvelope::decode) {
+            Some(Ok(env)) => env,
+            Some(Err(e)) => {
+                self.dead_letter(msg, None, &format!("undecodable envelope: {e}"), 1)
+                    .await?;
+                return Ok(Some(Outcome::DeadLettered));
+            }
+            None => {
+                self.dead_letter(msg, None, "empty message", 1).await?;
+                return Ok(Some(Outcome::DeadLettered));
+            }
+        };
+        let Ok(event_id) = uuid::Uuid::parse_str(&envelope.event_id) else {
+            self.dead_letter(msg, None, "event_id is not a UUID", 1)
+                .await?;
+            return Ok(Some(Outcome::DeadLettered));
+        };
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.initial_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.apply(msg, &envelope, event_id).await? {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(e) => e,
+            };
+            let last =
+                attempt >= self.config.max_attempts || matches!(error, HandlerError::Permanent(_));
+            tracing::warn!(
+                consumer = %self.config.consumer,
+                event_id = %envelope.event_id,
+                event_type = %envelope.event_type,
+                attempt,
+                error = %error,
+                "handler failed"
+            );
+            if last {
+                self.dead_letter(
+                    msg,
+                    Some((&envelope, event_id)),
+                    &error.to_string(),
+                    attempt,
+                )
+                .await?;
+                return Ok(Some(Outcome::DeadLettered));
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            let delay = backoff.next().unwrap_or(self.config.max_backoff);
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(None),
+                () = tokio::time::sleep(delay) => {},
+            }
+        }
+    }
+
+    /// One attempt: the inbox row and the effect in one transaction.
+    /// Outer `Err` = could not even talk to the database; inner `Err` = the handler failed.
+    async fn apply(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        envelope: &EventEnvelope,
+        event_id: uuid::Uuid,
+    ) -> anyhow::Result<Result<Outcome, HandlerError>> {
+        let mut tx = self.pool.begin().await.context("begin inbox transaction")?;
+        let fresh = sqlx::query(
+            "INSERT INTO inbox (consumer, event_id, event_type, topic, kafka_partition, kafka_offset, outcome)
+             VALUES ($1, $2, $3, $4, $5, $6, 'processed')
+             ON CONFLICT (consumer, event_id) DO NOTHING",
+        )
+        .bind(&self.config.consumer)
+        .bind(event_id)
+        .bind(&envelope.event_type)
+        .bind(msg.topic())
+        .bind(msg.partition())
+        .bind(msg.offset())
+        .execute(&mut *tx)
+        .await
+        .context("insert inbox row")?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.commit().await?;
+            tracing::debug!(event_id = %envelope.event_id, "duplicate skipped");
+            return Ok(Ok(Outcome::Duplicate));
+        }
+        match self.handler.handle(&mut tx, envelope).await {
+            Ok(()) => {
+                tx.commit().await.context("commit inbox transaction")?;
+                Ok(Ok(Outcome::Processed))
+            }
+            Err(e) => {
+                // Explicit for the reader: nothing of the failed attempt survives.
+                tx.rollback().await.ok();
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Publishes the original message to `<topic>.dlq` (waiting for the ack), then records it in
+    /// the inbox so a redelivery does not run it again.
+    async fn dead_letter(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        envelope: Option<(&EventEnvelope, uuid::Uuid)>,
+        error: &str,
+        attempts: u32,
+    ) -> anyhow::Result<()> {
+        let topic = dead_letter_topic(msg.topic());
+        let attempts_s = attempts.to_string();
+        let offset_s = msg.offset().to_string();
+        let partition_s = msg.partition().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dlq.error",
+                value: Some(error),
+            })
+            .insert(Header {
+                key: "dlq.attempts",
+                value: Some(attempts_s.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.consumer",
+                value: Some(self.config.consumer.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.original_topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "dlq.original_partition",
+                value: Some(partition_s.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.original_offset",
+                value: Some(offset_s.as_str()),
+            });
+        let mut record = FutureRecord::to(&topic).headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = msg.payload() {
+            record = record.payload(payload);
+        }
+        self.dlq_producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("dead-letter publish to {topic} failed: {e}"))?;
+        if let Some((env, event_id)) = envelope {
+            sqlx::query(
+                "INSERT INTO inbox (consumer, event_id, event_type, topic, kafka_partition, kafka_offset, outcome)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'dead_lettered')
+                 ON CONFLICT (consumer, event_id) DO NOTHING",
+            )
+            .bind(&self.config.consumer)
+            .bind(event_id)
+            .bind(&env.event_type)
+            .bind(msg.topic())
+            .bind(msg.partition())
+            .bind(msg.offset())
+            .execute(&self.pool)
+            .await
+            .context("record dead-lettered message")?;
+        }
+        tracing::error!(
+            consumer = %self.config.consumer,
+            topic = %msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            attempts,
+            error,
+            "message dead-lettered"
+        );
+        Ok(())
+    }
+
+    async fn delete_expired(&self) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "DELETE FROM inbox WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2)",
+        )
+        .bind(&self.config.consumer)
+        .bind(self.config.retention.as_secs_f64())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}

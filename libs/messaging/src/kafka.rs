@@ -1,0 +1,138 @@
+//! Kafka clients with the settings the outbox and inbox rely on.
+//!
+//! - Producer: idempotent (`enable.idempotence`, `acks=all`): per partition, messages land in
+//!   the order they were sent and a retried send never duplicates on the broker.
+//! - Consumer: auto-commit on, but of *stored* offsets only (`enable.auto.offset.store=false`):
+//!   the inbox stores an offset after the message's transaction commits, so a crash re-delivers
+//!   rather than skips.
+//! - Topics are created explicitly at start-up (some brokers, e.g. tansu, do not auto-create).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Context;
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::StreamConsumer,
+    error::RDKafkaErrorCode,
+    producer::FutureProducer,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port]`
+    pub brokers: String,
+    pub client_id: String,
+    /// Partitions for topics this service creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Extra librdkafka properties, applied last (e.g. `security.protocol`).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "shop".into(),
+            partitions: 4,
+            replication_factor: 1,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    fn base(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id);
+        config
+    }
+
+    fn with_extra(&self, mut config: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.extra {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// The idempotent producer. `delivery_timeout` bounds how long one send may take,
+    /// retries included, before it is reported failed.
+    pub fn producer(&self, delivery_timeout: Duration) -> anyhow::Result<FutureProducer> {
+        let mut config = self.base();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("linger.ms", "2")
+            .set("queue.buffering.max.messages", "200000")
+            .set(
+                "message.timeout.ms",
+                delivery_timeout.as_millis().to_string(),
+            );
+        self.with_extra(config)
+            .create()
+            .context("cannot create Kafka producer")
+    }
+
+    /// A consumer in `group`: reads from the earliest offset when the group has none,
+    /// commits only offsets the application stored.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("statistics.interval.ms", "5000");
+        self.with_extra(config)
+    }
+
+    pub fn consumer(&self, group: &str) -> anyhow::Result<StreamConsumer> {
+        self.consumer_config(group)
+            .create()
+            .context("cannot create Kafka consumer")
+    }
+
+    /// Creates `topics` that do not exist yet (each with this service's partition count).
+    pub async fn ensure_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .with_extra(self.base())
+            .create()
+            .context("cannot create Kafka admin client")?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics(new.iter(), &options)
+            .await
+            .context("create_topics request failed")?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}

@@ -1,0 +1,35 @@
+//! # shop-messaging
+//!
+//! How services talk: Kafka, fed by a transactional outbox and consumed through an inbox.
+//!
+//! - [`envelope`]: building [`EventEnvelope`]s (ids, causation, tenant, trace) and encoding them.
+//! - [`kafka`]: producer and consumer settings (idempotent producer, manual offset store), topics.
+//! - [`outbox`]: [`outbox::enqueue`] inside the caller's transaction, and the [`outbox::Relay`]
+//!   that publishes rows in per-key order, marks them only after the broker acks, wakes on
+//!   `LISTEN/NOTIFY` and cleans up.
+//! - [`inbox`]: [`inbox::Inbox`] consumes a topic; each message's effect and its inbox row commit
+//!   in one transaction, offsets are committed after; failures retry with backoff and then go to
+//!   a dead-letter topic.
+//! - [`service`]: start-up shared by the PostgreSQL services (settings, database, relay task).
+//! - [`migrate`]: the outbox and inbox tables, run by each service before its own migrations.
+//!
+//! The flow of one event: service tx { state change + `enqueue` } -> COMMIT -> NOTIFY ->
+//! relay claims the bucket -> produce (key = aggregate id) -> ack -> mark published ->
+//! consumer -> tx { inbox row + effect } -> COMMIT -> offset commit.
+
+pub mod envelope;
+pub mod inbox;
+pub mod kafka;
+pub mod outbox;
+pub mod service;
+
+pub use envelope::{EventEnvelope, NewEvent};
+pub use shop_proto::events;
+
+/// Runs the outbox and inbox migrations. Their versions (1, 2) sit far below the services'
+/// timestamped ones, and both migrators ignore each other's rows in `_sqlx_migrations`.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
+}

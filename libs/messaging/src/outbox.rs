@@ -1,0 +1,499 @@
+//! The transactional outbox and its relay.
+//!
+//! **Writing.** [`enqueue`] inserts the event into `outbox` through the caller's connection, so
+//! it commits or rolls back with the state change. Write the state change first: it takes the
+//! aggregate's row lock, which orders the outbox ids of one aggregate the way its transactions
+//! commit.
+//!
+//! **Relaying.** Each round of [`Relay::relay_once`] is one transaction:
+//!
+//! 1. claim up to `max_buckets` buckets that have pending rows, oldest first, with
+//!    `FOR UPDATE SKIP LOCKED` (a bucket held by another relay is skipped, so relays share the
+//!    work and never publish one key from two places);
+//! 2. read up to `batch_size` pending rows of those buckets in id order;
+//! 3. hand them all to the idempotent producer (keyed by aggregate id), then wait for the acks;
+//! 4. per bucket, mark published the rows up to the first failure; a failed row records its
+//!    error and stops its bucket for this round, so nothing after it is marked ahead of it;
+//! 5. commit. A crash before this commit leaves every row pending: they are published again
+//!    (duplicates, absorbed by the consumers' inbox), never lost.
+//!
+//! [`Relay::run`] loops: straight on while rounds come back full, otherwise it sleeps until a
+//! `NOTIFY outbox` (sent by a trigger at commit) or the poll interval, whichever is first.
+//! Published rows are deleted after `retention` by a background sweep.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures::future::join_all;
+use prost::Message;
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::{NewEvent, bucket_of};
+
+/// Buckets in `outbox_bucket` (fixed by the migration).
+pub const BUCKETS: u64 = 64;
+const NOTIFY_CHANNEL: &str = "outbox";
+
+/// Writes `event` to the outbox in the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, event: &NewEvent) -> Result<(), sqlx::Error> {
+    let env = &event.envelope;
+    let event_id = uuid::Uuid::parse_str(&env.event_id)
+        .map_err(|e| sqlx::Error::Protocol(format!("event_id is not a UUID: {e}")))?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, partition_key, bucket, event_type, payload)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event_id)
+    .bind(&event.topic)
+    .bind(&env.aggregate_id)
+    .bind(bucket_of(&env.aggregate_id, BUCKETS))
+    .bind(&env.event_type)
+    .bind(env.encode_to_vec())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes several events in one statement, in order (their ids follow the slice order).
+pub async fn enqueue_all(conn: &mut PgConnection, events: &[NewEvent]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut topics = Vec::with_capacity(events.len());
+    let mut keys = Vec::with_capacity(events.len());
+    let mut buckets = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for event in events {
+        let env = &event.envelope;
+        ids.push(
+            uuid::Uuid::parse_str(&env.event_id)
+                .map_err(|e| sqlx::Error::Protocol(format!("event_id is not a UUID: {e}")))?,
+        );
+        topics.push(event.topic.clone());
+        keys.push(env.aggregate_id.clone());
+        buckets.push(bucket_of(&env.aggregate_id, BUCKETS));
+        types.push(env.event_type.clone());
+        payloads.push(env.encode_to_vec());
+    }
+    // WITH ORDINALITY keeps the slice order, so identity ids follow it.
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, partition_key, bucket, event_type, payload)
+         SELECT e, t, k, b, y, p
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::bytea[])
+              WITH ORDINALITY AS u(e, t, k, b, y, p, n)
+         ORDER BY n",
+    )
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&buckets)
+    .bind(&types)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Most rows published in one round.
+    pub batch_size: i64,
+    /// Most buckets one relay holds in one round; below 64 lets several relays share the load.
+    pub max_buckets: i64,
+    /// Fallback wake-up when no notification arrives (LISTEN is down, or a missed NOTIFY).
+    pub poll_interval: Duration,
+    /// How long one publish may take, broker retries included, before the row counts as failed.
+    pub delivery_timeout: Duration,
+    /// Pause after a failed round before the next.
+    pub error_backoff: Duration,
+    /// Published rows older than this are deleted.
+    pub retention: Duration,
+    pub cleanup_interval: Duration,
+    /// How often backlog gauges are refreshed.
+    pub metrics_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            max_buckets: 16,
+            poll_interval: Duration::from_millis(500),
+            delivery_timeout: Duration::from_secs(15),
+            error_backoff: Duration::from_millis(500),
+            retention: Duration::from_secs(3600),
+            cleanup_interval: Duration::from_secs(60),
+            metrics_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Test-only failure injection: what a crash at a chosen point would leave behind.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Publish and receive the acks, then lose the transaction as a `kill -9` would.
+    CrashAfterPublish,
+}
+
+/// Counters of one relay, for tests and the demo (Prometheus gets the same figures).
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub published: AtomicU64,
+    pub failed: AtomicU64,
+    pub rounds: AtomicU64,
+}
+
+/// Publishes outbox rows to Kafka. Any number may run against one database.
+#[derive(Clone)]
+pub struct Relay {
+    pool: PgPool,
+    producer: FutureProducer,
+    config: RelayConfig,
+    stats: Arc<RelayStats>,
+    fault: Fault,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundOutcome {
+    /// Rows read from the outbox.
+    pub claimed: usize,
+    pub published: usize,
+    pub failed: usize,
+}
+
+struct Row {
+    id: i64,
+    bucket: i16,
+    event_id: uuid::Uuid,
+    topic: String,
+    partition_key: String,
+    event_type: String,
+    payload: Vec<u8>,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, producer: FutureProducer, config: RelayConfig) -> Self {
+        Self {
+            pool,
+            producer,
+            config,
+            stats: Arc::default(),
+            fault: Fault::None,
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown`: relays rounds, sweeps published rows, exports backlog gauges.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let sweeper = tokio::spawn(self.clone().sweep(shutdown.clone()));
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox listen failed, polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox listener connect failed, polling only");
+                None
+            }
+        };
+        tracing::info!(batch_size = self.config.batch_size, "outbox relay started");
+        while !shutdown.is_cancelled() {
+            match self.relay_once().await {
+                // A full round: more is waiting, go straight on.
+                Ok(o) if o.claimed as i64 >= self.config.batch_size && o.failed == 0 => continue,
+                Ok(o) if o.failed > 0 => self.pause(self.config.error_backoff, &shutdown).await,
+                Ok(_) => self.wait_for_work(listener.as_mut(), &shutdown).await,
+                Err(e) => {
+                    tracing::error!(error = ?e, "outbox relay round failed");
+                    self.pause(self.config.error_backoff, &shutdown).await;
+                }
+            }
+        }
+        sweeper.abort();
+        tracing::info!("outbox relay stopped");
+        Ok(())
+    }
+
+    async fn pause(&self, d: Duration, shutdown: &CancellationToken) {
+        tokio::select! {
+            () = tokio::time::sleep(d) => {},
+            () = shutdown.cancelled() => {},
+        }
+    }
+
+    async fn wait_for_work(&self, listener: Option<&mut PgListener>, shutdown: &CancellationToken) {
+        let poll = self.config.poll_interval;
+        match listener {
+            Some(l) => {
+                tokio::select! {
+                    r = l.recv() => if let Err(e) = r {
+                        // PgListener reconnects on the next recv; until then, poll.
+                        tracing::warn!(error = %e, "outbox listener lost its connection");
+                        tokio::time::sleep(poll).await;
+                    },
+                    () = tokio::time::sleep(poll) => {},
+                    () = shutdown.cancelled() => {},
+                }
+            }
+            None => self.pause(poll, shutdown).await,
+        }
+    }
+
+    /// One claim -> publish -> mark round, in one transaction. See the module docs.
+    pub async fn relay_once(&self) -> anyhow::Result<RoundOutcome> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await.context("begin relay round")?;
+        let buckets: Vec<i16> = sqlx::query_scalar(
+            "SELECT b.bucket FROM outbox_bucket b
+             WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL)
+             ORDER BY (SELECT min(o.id) FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL)
+             LIMIT $1
+             FOR UPDATE OF b SKIP LOCKED",
+        )
+        .bind(self.config.max_buckets)
+        .fetch_all(&mut *tx)
+        .await
+        .context("claim outbox buckets")?;
+        if buckets.is_empty() {
+            return Ok(RoundOutcome::default());
+        }
+        let rows: Vec<Row> =
+            sqlx::query_as::<_, (i64, i16, uuid::Uuid, String, String, String, Vec<u8>)>(
+                "SELECT id, bucket, event_id, topic, partition_key, event_type, payload FROM outbox
+             WHERE bucket = ANY($1) AND published_at IS NULL
+             ORDER BY id
+             LIMIT $2",
+            )
+            .bind(&buckets)
+            .bind(self.config.batch_size)
+            .fetch_all(&mut *tx)
+            .await
+            .context("read outbox rows")?
+            .into_iter()
+            .map(
+                |(id, bucket, event_id, topic, partition_key, event_type, payload)| Row {
+                    id,
+                    bucket,
+                    event_id,
+                    topic,
+                    partition_key,
+                    event_type,
+                    payload,
+                },
+            )
+            .collect();
+
+        let results = self.publish(&rows).await;
+
+        // Mark, per bucket, the prefix before the first failure.
+        let mut stopped: HashSet<i16> = HashSet::new();
+        let mut published_ids = Vec::with_capacity(rows.len());
+        let mut failures: Vec<(i64, String)> = Vec::new();
+        for (row, result) in rows.iter().zip(results) {
+            if stopped.contains(&row.bucket) {
+                continue;
+            }
+            match result {
+                Ok(()) => published_ids.push(row.id),
+                Err(e) => {
+                    stopped.insert(row.bucket);
+                    failures.push((row.id, e.to_string()));
+                }
+            }
+        }
+        if self.fault == Fault::CrashAfterPublish {
+            // Dropping the transaction rolls it back, exactly as a dead process's connection would.
+            drop(tx);
+            anyhow::bail!(
+                "injected crash after publish ({} rows acked, none marked)",
+                published_ids.len()
+            );
+        }
+        sqlx::query(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+        )
+        .bind(&published_ids)
+        .execute(&mut *tx)
+        .await
+        .context("mark outbox rows published")?;
+        for (id, error) in &failures {
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+                .bind(id)
+                .bind(error)
+                .execute(&mut *tx)
+                .await
+                .context("record outbox failure")?;
+        }
+        tx.commit().await.context("commit relay round")?;
+
+        let outcome = RoundOutcome {
+            claimed: rows.len(),
+            published: published_ids.len(),
+            failed: failures.len(),
+        };
+        self.stats.rounds.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .published
+            .fetch_add(outcome.published as u64, Ordering::Relaxed);
+        self.stats
+            .failed
+            .fetch_add(outcome.failed as u64, Ordering::Relaxed);
+        metrics::counter!("outbox_published_total").increment(outcome.published as u64);
+        metrics::counter!("outbox_publish_failures_total").increment(outcome.failed as u64);
+        metrics::histogram!("outbox_round_seconds").record(started.elapsed().as_secs_f64());
+        if let Some((id, error)) = failures.first() {
+            tracing::warn!(failed = failures.len(), first_id = id, error = %error, "outbox publish failed, will retry");
+        }
+        Ok(outcome)
+    }
+
+    /// Queues every row with the producer in order, then waits for all acks.
+    /// The idempotent producer keeps the queue order per partition.
+    async fn publish(&self, rows: &[Row]) -> Vec<Result<(), KafkaError>> {
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event_id = row.event_id.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "event_id",
+                    value: Some(event_id.as_str()),
+                })
+                .insert(Header {
+                    key: "event_type",
+                    value: Some(row.event_type.as_str()),
+                });
+            let mut record = FutureRecord::to(&row.topic)
+                .key(row.partition_key.as_str())
+                .payload(row.payload.as_slice())
+                .headers(headers);
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break Ok(delivery),
+                    // The local queue is full: let it drain, then queue the same record again,
+                    // so the order is kept.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => break Err(e),
+                }
+            };
+            pending.push(delivery);
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        let futures: Vec<_> = pending
+            .into_iter()
+            .map(|d| async move {
+                match d {
+                    Ok(fut) => match fut.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(e),
+                        Err(_cancelled) => Err(KafkaError::Canceled),
+                    },
+                    Err(e) => Err(e),
+                }
+            })
+            .collect();
+        results.extend(join_all(futures).await);
+        results
+    }
+
+    /// Deletes published rows past retention and refreshes the backlog gauges.
+    async fn sweep(self, shutdown: CancellationToken) {
+        let mut cleanup = tokio::time::interval(self.config.cleanup_interval);
+        let mut gauges = tokio::time::interval(self.config.metrics_interval);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = cleanup.tick() => {
+                    match delete_published(&self.pool, self.config.retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "outbox cleanup"),
+                        Err(e) => tracing::warn!(error = ?e, "outbox cleanup failed"),
+                    }
+                }
+                _ = gauges.tick() => {
+                    match backlog(&self.pool).await {
+                        Ok(b) => {
+                            metrics::gauge!("outbox_backlog").set(b.pending as f64);
+                            metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(b.oldest_age_seconds);
+                        }
+                        Err(e) => tracing::warn!(error = ?e, "outbox backlog query failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pending rows and the age of the oldest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    pub pending: i64,
+    pub oldest_age_seconds: f64,
+}
+
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
+    let (pending, age): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Backlog {
+        pending,
+        oldest_age_seconds: age.unwrap_or(0.0),
+    })
+}
+
+/// Deletes rows published more than `retention` ago, 10 000 per statement so no statement
+/// holds locks for long. Returns how many went.
+pub async fn delete_published(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
+                 LIMIT 10000)",
+        )
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < 10_000 {
+            return Ok(total);
+        }
+    }
+}
