@@ -11,6 +11,7 @@
 //!   in one transaction, offsets are committed after; failures retry with backoff and then go to
 //!   a dead-letter topic.
 //! - [`service`]: start-up shared by the PostgreSQL services (settings, database, relay task).
+//! - [`smoke`]: the smallest real flow over both (ordered ticks), for tests, demo and benchmark.
 //! - [`migrate`]: the outbox and inbox tables, run by each service before its own migrations.
 //!
 //! The flow of one event: service tx { state change + `enqueue` } -> COMMIT -> NOTIFY ->
@@ -22,6 +23,7 @@ pub mod inbox;
 pub mod kafka;
 pub mod outbox;
 pub mod service;
+pub mod smoke;
 
 pub use envelope::{EventEnvelope, NewEvent};
 pub use shop_proto::events;

@@ -24,7 +24,7 @@
 use std::{
     collections::HashSet,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -41,7 +41,10 @@ use rdkafka::{
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::{NewEvent, bucket_of};
+use crate::{
+    envelope::{NewEvent, bucket_of},
+    kafka::KafkaSettings,
+};
 
 /// Buckets in `outbox_bucket` (fixed by the migration).
 pub const BUCKETS: u64 = 64;
@@ -164,7 +167,9 @@ pub struct RelayStats {
 #[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
-    producer: FutureProducer,
+    kafka: KafkaSettings,
+    /// Replaced after a round with failures; see [`Relay::relay_once`].
+    producer: Arc<Mutex<FutureProducer>>,
     config: RelayConfig,
     stats: Arc<RelayStats>,
     fault: Fault,
@@ -190,14 +195,33 @@ struct Row {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, producer: FutureProducer, config: RelayConfig) -> Self {
-        Self {
+    pub fn new(pool: PgPool, kafka: &KafkaSettings, config: RelayConfig) -> anyhow::Result<Self> {
+        let producer = kafka.producer(config.delivery_timeout)?;
+        Ok(Self {
             pool,
-            producer,
+            kafka: kafka.clone(),
+            producer: Arc::new(Mutex::new(producer)),
             config,
             stats: Arc::default(),
             fault: Fault::None,
-        }
+        })
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A fresh producer (new producer id, sequence numbers from zero). After a delivery
+    /// timeout librdkafka bumps the idempotent producer's epoch; brokers that do not support
+    /// that bump (tansu 0.6) reject every later send from the same producer. Starting over is
+    /// safe: the failed rows are still pending and go out again, in order, in the next round.
+    fn renew_producer(&self) -> anyhow::Result<()> {
+        let fresh = self.kafka.producer(self.config.delivery_timeout)?;
+        *self.producer.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
     }
 
     #[doc(hidden)]
@@ -373,6 +397,7 @@ impl Relay {
         metrics::histogram!("outbox_round_seconds").record(started.elapsed().as_secs_f64());
         if let Some((id, error)) = failures.first() {
             tracing::warn!(failed = failures.len(), first_id = id, error = %error, "outbox publish failed, will retry");
+            self.renew_producer()?;
         }
         Ok(outcome)
     }
@@ -380,6 +405,7 @@ impl Relay {
     /// Queues every row with the producer in order, then waits for all acks.
     /// The idempotent producer keeps the queue order per partition.
     async fn publish(&self, rows: &[Row]) -> Vec<Result<(), KafkaError>> {
+        let producer = self.producer();
         let mut pending = Vec::with_capacity(rows.len());
         for row in rows {
             let event_id = row.event_id.to_string();
@@ -397,7 +423,7 @@ impl Relay {
                 .payload(row.payload.as_slice())
                 .headers(headers);
             let delivery = loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => break Ok(delivery),
                     // The local queue is full: let it drain, then queue the same record again,
                     // so the order is kept.

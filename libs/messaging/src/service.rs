@@ -99,9 +99,7 @@ pub fn spawn_relay(
     if !settings.relay.enabled {
         return Ok(());
     }
-    let config = settings.relay.to_config();
-    let producer = settings.kafka.producer(config.delivery_timeout)?;
-    let relay = Relay::new(pool.clone(), producer, config);
+    let relay = Relay::new(pool.clone(), &settings.kafka, settings.relay.to_config())?;
     app.spawn(relay.run(shutdown));
     Ok(())
 }

@@ -1,0 +1,150 @@
+use std::{sync::atomic::Ordering, time::Duration};
+
+use prost::Message as _;
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{Consumer, StreamConsumer},
+    message::Headers,
+};
+use shop_messaging::{NewEvent, kafka::dead_letter_topic, smoke};
+use shop_proto::events::SmokeTick;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_same_message_delivered_three_times_has_one_effect() {
+    let db = TestDb::new().await;
+    let kafka = kafka();
+    let topic = topic(&kafka, "dup").await;
+    let event = smoke::tick(&topic, "agg-1", 1);
+    let bytes = event.envelope.encode_to_vec();
+    for _ in 0..3 {
+        produce_raw(&kafka, &topic, "agg-1", &bytes).await;
+    }
+    let (stats, stop, task) = start_inbox(&db, &kafka, &topic, |_| {});
+    eventually(Duration::from_secs(30), "three deliveries consumed", || {
+        let s = stats.clone();
+        async move { s.processed.load(Ordering::Relaxed) + s.duplicates.load(Ordering::Relaxed) >= 3 }
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("join").expect("inbox ran");
+
+    assert_eq!(stats.processed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
+    let effects = smoke::effects(&db.pool).await.expect("effects");
+    assert_eq!(effects.applied, 1, "one effect for three deliveries");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_and_the_messages_after_it_are_still_processed() {
+    let db = TestDb::new().await;
+    let kafka = kafka();
+    let topic = topic(&kafka, "poison").await;
+    // One key, so all land on one partition: the poison sits in front of ticks 2 and 3.
+    let key = "agg-p";
+    let poison = NewEvent::new(
+        &topic,
+        smoke::POISON_TYPE,
+        "smoke",
+        key,
+        &SmokeTick { sequence: 0 },
+    );
+    produce_raw(
+        &kafka,
+        &topic,
+        key,
+        &smoke::tick(&topic, key, 1).envelope.encode_to_vec(),
+    )
+    .await;
+    produce_raw(&kafka, &topic, key, &poison.envelope.encode_to_vec()).await;
+    produce_raw(&kafka, &topic, key, b"\xff\xff not protobuf").await;
+    produce_raw(
+        &kafka,
+        &topic,
+        key,
+        &smoke::tick(&topic, key, 2).envelope.encode_to_vec(),
+    )
+    .await;
+    produce_raw(
+        &kafka,
+        &topic,
+        key,
+        &smoke::tick(&topic, key, 3).envelope.encode_to_vec(),
+    )
+    .await;
+
+    let (stats, stop, task) = start_inbox(&db, &kafka, &topic, |c| {
+        c.max_attempts = 3;
+        c.initial_backoff = Duration::from_millis(20);
+        c.max_backoff = Duration::from_millis(100);
+    });
+    eventually(
+        Duration::from_secs(30),
+        "ticks after the poison applied",
+        || {
+            let pool = db.pool.clone();
+            async move { smoke::effects(&pool).await.expect("effects").applied >= 3 }
+        },
+    )
+    .await;
+    stop.cancel();
+    task.await.expect("join").expect("inbox ran");
+
+    assert_eq!(
+        stats.dead_lettered.load(Ordering::Relaxed),
+        2,
+        "the poison and the garbage"
+    );
+    assert_eq!(
+        stats.retries.load(Ordering::Relaxed),
+        2,
+        "the poison was tried 3 times"
+    );
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM inbox WHERE event_id = $1::uuid")
+        .bind(poison.event_id())
+        .fetch_one(&db.pool)
+        .await
+        .expect("inbox row of the poison");
+    assert_eq!(
+        outcome, "dead_lettered",
+        "a redelivery of the poison will be skipped"
+    );
+
+    // The dead-letter topic holds both, with the error and the attempts.
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set(
+            "group.id",
+            format!("dlq-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("reader");
+    reader
+        .subscribe(&[dead_letter_topic(&topic).as_str()])
+        .expect("subscribe");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(20), reader.recv())
+            .await
+            .expect("dead letters arrive")
+            .expect("consume");
+        let headers = m.headers().expect("dlq headers");
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        seen.push((get("dlq.attempts"), get("dlq.error")));
+    }
+    assert_eq!(seen[0].0, "3");
+    assert!(seen[0].1.contains("poison"), "{:?}", seen[0]);
+    assert_eq!(seen[1].0, "1", "garbage is not retried");
+    assert!(seen[1].1.contains("undecodable"), "{:?}", seen[1]);
+    db.drop_db().await;
+}
