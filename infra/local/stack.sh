@@ -5,6 +5,7 @@
 #   infra/local/stack.sh down                stop what this script started
 #   infra/local/stack.sh status              what answers, and who owns it
 #   infra/local/stack.sh install             install only (apt, pip, cargo), start nothing
+#   infra/local/stack.sh reset [COMPONENT...] stop, and delete that data (fresh stores on next up)
 #
 # Components: postgres redis kafka clickhouse mongo (default: all).
 # Idempotent: a store already answering on its port is used as it is (and left running by
@@ -273,6 +274,16 @@ cmd_down() {
   log "stack stopped"
 }
 
+cmd_reset() {
+  local components=("$@")
+  ((${#components[@]})) || components=("${ALL[@]}")
+  for c in "${components[@]}"; do
+    case $c in postgres|redis|kafka|clickhouse|mongo) "down_$c"; rm -rf "${STACK_DIR:?}/$c" ;; *) die "unknown component $c" ;; esac
+    sed -i "/^$c\$/d" "$RUN_DIR/started" 2>/dev/null || true
+  done
+  log "reset: ${components[*]}"
+}
+
 cmd_status() {
   for spec in postgres:5432 redis:6379 kafka:9092 clickhouse:8123 mongo:27017; do
     local name=${spec%%:*} port=${spec##*:} owner="external"
@@ -285,7 +296,8 @@ cmd_status() {
 case "${1:-up}" in
   up) shift || true; cmd_up "$@" ;;
   down) cmd_down ;;
+  reset) shift; cmd_reset "$@" ;;
   status) cmd_status ;;
   install) cmd_install ;;
-  *) die "usage: $0 up [component...] | down | status | install" ;;
+  *) die "usage: $0 up [component...] | down | status | install | reset [component...]" ;;
 esac

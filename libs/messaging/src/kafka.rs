@@ -51,6 +51,10 @@ impl KafkaSettings {
         config
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id);
+        // librdkafka's own debug contexts (e.g. `cgrp,fetch`), for diagnosing a broker.
+        if let Ok(contexts) = std::env::var("SHOP_KAFKA_DEBUG") {
+            config.set("debug", contexts);
+        }
         config
     }
 
@@ -126,6 +130,29 @@ impl KafkaSettings {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSettings {
+    /// Deletes `topics` (demo and benchmark scratch topics; tansu's SQLite storage slows down
+    /// as it accumulates data, so scratch runs clean up after themselves).
+    pub async fn delete_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .with_extra(self.base())
+            .create()
+            .context("cannot create Kafka admin client")?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin
+            .delete_topics(topics, &options)
+            .await
+            .context("delete_topics request failed")?
+        {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((topic, code)) => anyhow::bail!("cannot delete topic {topic}: {code}"),
             }
         }
         Ok(())

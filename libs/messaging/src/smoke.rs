@@ -30,6 +30,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
              -- enqueued_at travels in the envelope: end-to-end latency per event
              latency_ms   DOUBLE PRECISION NOT NULL
          );
+         -- The producer's state: one counter per aggregate; each increment is a tick event.
+         CREATE TABLE IF NOT EXISTS smoke_counter (
+             aggregate_id TEXT PRIMARY KEY,
+             value        BIGINT NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS smoke_head (
              aggregate_id TEXT PRIMARY KEY,
              last_sequence BIGINT NOT NULL
@@ -38,6 +43,30 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The producer side: in one transaction, advance `aggregate_id`'s counter (the state change,
+/// which also takes the aggregate's row lock) and enqueue the tick that reports it.
+/// Returns the new counter value.
+pub async fn write_tick(
+    pool: &PgPool,
+    topic: &str,
+    aggregate_id: &str,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let value: i64 = sqlx::query_scalar(
+        "INSERT INTO smoke_counter (aggregate_id, value) VALUES ($1, 1)
+         ON CONFLICT (aggregate_id) DO UPDATE SET value = smoke_counter.value + 1
+         RETURNING value",
+    )
+    .bind(aggregate_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let value =
+        u64::try_from(value).map_err(|_| sqlx::Error::Protocol("negative counter".into()))?;
+    crate::outbox::enqueue(&mut tx, &tick(topic, aggregate_id, value)).await?;
+    tx.commit().await?;
+    Ok(value)
 }
 
 /// Tick `sequence` of `aggregate_id`, for `topic`.
@@ -110,6 +139,18 @@ impl Handler for OrderedTicks {
         .await?;
         Ok(())
     }
+}
+
+/// End-to-end latency percentiles (enqueue -> applied), in milliseconds.
+pub async fn latency_percentiles(pool: &PgPool) -> Result<(f64, f64), sqlx::Error> {
+    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)
+         FROM smoke_effect",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((p50.unwrap_or(0.0), p99.unwrap_or(0.0)))
 }
 
 /// What the effect tables say after a run.

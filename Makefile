@@ -1,0 +1,45 @@
+# The two commands of the README are `make run` and `make test`; the rest are their parts.
+SHELL := /bin/bash
+CARGO ?= cargo
+STACK := infra/local/stack.sh
+SERVICES := infra/local/services.sh
+
+.PHONY: run down test lint fmt bench stack stack-down build ci
+
+## run: install what is missing, start the stores and every service, run the demo workload
+run: stack build
+	$(SERVICES) up
+	./target/debug/shopctl demo
+
+## down: stop the services and the stores this project started
+down:
+	-$(SERVICES) down
+	$(STACK) down
+
+## test: the whole suite (unit, integration, end to end) against the real stores
+test: stack
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: outbox relay throughput beside the raw producer (same broker, same run)
+bench: stack build
+	./target/debug/shopctl bench relay
+
+stack:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+build:
+	$(CARGO) build --workspace --bins
+
+## ci: what .ci/run does
+ci: lint test

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Starts and stops the platform's services on the native stack (each on its default ports).
+#
+#   infra/local/services.sh up     start every service binary (built by `cargo build`), wait for health
+#   infra/local/services.sh down   SIGTERM each (graceful drain), SIGKILL after 15 s
+#
+# Logs: .stack/logs/<service>.log (JSON lines). Pids: .stack/run/<service>.pid.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STACK_DIR="${SHOP_STACK_DIR:-$REPO/.stack}"
+BIN_DIR="${SHOP_BIN_DIR:-$REPO/target/debug}"
+SERVICES=(order:50051 payment:50052 inventory:50053 shipping:50054 catalog:50055 cart:50056 analytics:50057)
+
+log() { printf '[services] %s\n' "$*" >&2; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+up() {
+  mkdir -p "$STACK_DIR/logs" "$STACK_DIR/run"
+  for spec in "${SERVICES[@]}"; do
+    local name=${spec%%:*} port=${spec##*:}
+    local pidfile="$STACK_DIR/run/$name.pid"
+    if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then continue; fi
+    port_open "$port" && { log "port $port is taken by something else; $name cannot start"; exit 1; }
+    nohup "$BIN_DIR/shop-$name" >>"$STACK_DIR/logs/$name.log" 2>&1 &
+    echo $! > "$pidfile"
+  done
+  local deadline=$((SECONDS + 60))
+  for spec in "${SERVICES[@]}"; do
+    local name=${spec%%:*} port=${spec##*:}
+    until port_open "$port"; do
+      if ! kill -0 "$(cat "$STACK_DIR/run/$name.pid")" 2>/dev/null || ((SECONDS > deadline)); then
+        log "$name did not start; last log lines:"; tail -n 20 "$STACK_DIR/logs/$name.log" >&2; exit 1
+      fi
+      sleep 0.2
+    done
+  done
+  log "all ${#SERVICES[@]} services listening"
+}
+
+down() {
+  for spec in "${SERVICES[@]}"; do
+    local name=${spec%%:*}
+    local pidfile="$STACK_DIR/run/$name.pid"
+    [ -s "$pidfile" ] || continue
+    local pid; pid=$(cat "$pidfile")
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for spec in "${SERVICES[@]}"; do
+    local name=${spec%%:*}
+    local pidfile="$STACK_DIR/run/$name.pid"
+    [ -s "$pidfile" ] || continue
+    local pid; pid=$(cat "$pidfile")
+    for _ in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+  log "services stopped"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
