@@ -24,6 +24,7 @@ test: stack
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p shop-core --features otlp -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -75,6 +75,9 @@ pub struct TelemetrySettings {
     pub log_format: String,
     /// `RUST_LOG`-style filter used when `RUST_LOG` is unset.
     pub log_filter: String,
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`; empty = no span export.
+    /// Needs the `otlp` cargo feature of shop-core.
+    pub otlp_endpoint: String,
 }
 
 impl Default for TelemetrySettings {
@@ -82,6 +85,7 @@ impl Default for TelemetrySettings {
         Self {
             log_format: "json".into(),
             log_filter: "info".into(),
+            otlp_endpoint: String::new(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - Logs: `tracing` to stdout, JSON by default (one object per line, for log shippers) or
 //!   `pretty` for a terminal. Messages are lowercase; context goes into fields.
+//! - Traces: with the `otlp` feature and `telemetry.otlp_endpoint` set, spans also go to an
+//!   OpenTelemetry collector over OTLP/gRPC.
 //! - Metrics: the `metrics` facade, exported by Prometheus on `GET /metrics` of the metrics port.
 
 use std::net::SocketAddr;
@@ -11,30 +13,78 @@ use axum::{Router, routing::get};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, prelude::*};
 
 use crate::config::TelemetrySettings;
 
-/// Installs the global tracing subscriber. Safe to call more than once (later calls do nothing).
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Installs the global tracing subscriber: logs to stdout and, when `otlp_endpoint` is set (and
+/// the `otlp` feature is on), spans to an OpenTelemetry collector. Safe to call more than once
+/// (later calls do nothing).
 pub fn init_tracing(service: &str, settings: &TelemetrySettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(settings.log_filter.as_str()));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = if settings.log_format == "pretty" {
-        registry.with(fmt::layer().compact()).try_init()
-    } else {
-        registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false),
-            )
-            .try_init()
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(settings.log_filter.as_str()))
     };
-    if result.is_ok() {
-        tracing::info!(service, "telemetry initialised");
+    let logs: BoxedLayer = if settings.log_format == "pretty" {
+        fmt::layer().compact().with_filter(filter()).boxed()
+    } else {
+        fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_filter(filter())
+            .boxed()
+    };
+    let mut layers = vec![logs];
+    let mut otlp_error = None;
+    if !settings.otlp_endpoint.is_empty() {
+        match otlp_layer(service, &settings.otlp_endpoint) {
+            Ok(layer) => layers.push(layer.with_filter(filter()).boxed()),
+            Err(e) => otlp_error = Some(e),
+        }
     }
+    if tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_ok()
+    {
+        tracing::info!(service, otlp = %settings.otlp_endpoint, "telemetry initialised");
+        if let Some(e) = otlp_error {
+            tracing::warn!(error = %e, "span export disabled");
+        }
+    }
+}
+
+#[cfg(feature = "otlp")]
+fn otlp_layer(service: &str, endpoint: &str) -> anyhow::Result<BoxedLayer> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .context("cannot build the OTLP span exporter")?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer(service.to_owned());
+    opentelemetry::global::set_tracer_provider(provider);
+    Ok(tracing_opentelemetry::layer().with_tracer(tracer).boxed())
+}
+
+#[cfg(not(feature = "otlp"))]
+fn otlp_layer(_service: &str, _endpoint: &str) -> anyhow::Result<BoxedLayer> {
+    anyhow::bail!(
+        "telemetry.otlp_endpoint is set but this build lacks the `otlp` feature of shop-core"
+    )
 }
 
 /// The process-wide Prometheus recorder (installed on first use).

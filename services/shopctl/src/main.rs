@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         &shop_core::config::TelemetrySettings {
             log_format: "pretty".into(),
             log_filter: "warn".into(),
+            otlp_endpoint: String::new(),
         },
     );
     let kafka = shop_messaging::kafka::KafkaSettings {
