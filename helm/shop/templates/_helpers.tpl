@@ -214,7 +214,7 @@ Argument: (dict "root" $ "name" <service> "svc" <service values>).
 - name: PGPASSWORD
   valueFrom:
     secretKeyRef:
-      {{- include "shop.dbPasswordRef" . | nindent 6 }}
+      {{- include "shop.dbPasswordRef" . | trim | nindent 6 }}
 - name: SHOP__DATABASE__URL
   value: {{ $url | quote }}
 - name: SHOP__DATABASE__MAX_CONNECTIONS

@@ -81,6 +81,21 @@ impl PgServiceSettings {
     }
 }
 
+/// Builds a PostgreSQL service's frame: its database (migrated), the gRPC server with health and
+/// reflection, `/metrics`, and the outbox relay. The service adds its own routes through
+/// `routes` and its consumers through [`Application::spawn`] before running it.
+pub async fn build(
+    name: &'static str,
+    settings: &PgServiceSettings,
+    routes: tonic::service::Routes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Application, PgPool)> {
+    let pool = open_database(settings).await?;
+    let mut app = Application::bind(name, &settings.server, routes, shutdown.clone()).await?;
+    spawn_relay(&mut app, &pool, settings, shutdown)?;
+    Ok((app, pool))
+}
+
 /// Connects the service's database and runs the outbox/inbox migrations.
 /// The service runs its own migrations after this.
 pub async fn open_database(settings: &PgServiceSettings) -> anyhow::Result<PgPool> {

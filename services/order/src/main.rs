@@ -1,17 +1,13 @@
 //! The order service binary: load settings, start telemetry, build, run until a shutdown signal.
 
-use shop_core::{app::Application, config, grpc, shutdown, telemetry};
+use shop_core::{config, grpc, shutdown, telemetry};
 use shop_messaging::service::{self, PgServiceSettings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = config::load(&PgServiceSettings::local("order", 50051, 9101))?;
     telemetry::init_tracing("order", &settings.telemetry);
-    let shutdown = shutdown::on_signal();
-
-    let pool = service::open_database(&settings).await?;
     let (routes, _health) = grpc::base_routes()?;
-    let mut app = Application::bind("order", &settings.server, routes, shutdown.clone()).await?;
-    service::spawn_relay(&mut app, &pool, &settings, shutdown)?;
+    let (app, _pool) = service::build("order", &settings, routes, shutdown::on_signal()).await?;
     app.run_until_stopped().await
 }

@@ -4,3 +4,4 @@
 mod helpers;
 mod inbox;
 mod outbox;
+mod service;
