@@ -115,7 +115,7 @@ Whether a service is enabled: true unless its `enabled` is false.
 Argument: <service values>. Renders "true" or "".
 */}}
 {{- define "shop.enabled" -}}
-{{- if (dig "enabled" true .) }}true{{ end }}
+{{- if or (not (hasKey . "enabled")) (get . "enabled") }}true{{ end }}
 {{- end }}
 
 {{/*

@@ -29,6 +29,9 @@ pub struct KafkaSettings {
     /// Partitions for topics this service creates.
     pub partitions: i32,
     pub replication_factor: i32,
+    /// Prepended to every topic name (e.g. `staging.`): several environments or test runs
+    /// share one cluster without seeing each other's messages.
+    pub topic_prefix: String,
     /// Extra librdkafka properties, applied last (e.g. `security.protocol`).
     pub extra: BTreeMap<String, String>,
 }
@@ -40,12 +43,18 @@ impl Default for KafkaSettings {
             client_id: "shop".into(),
             partitions: 4,
             replication_factor: 1,
+            topic_prefix: String::new(),
             extra: BTreeMap::new(),
         }
     }
 }
 
 impl KafkaSettings {
+    /// The full name of topic `name` (see `topic_prefix`).
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+
     fn base(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config

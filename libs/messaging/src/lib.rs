@@ -12,6 +12,7 @@
 //!   a dead-letter topic.
 //! - [`service`]: start-up shared by the PostgreSQL services (settings, database, relay task).
 //! - [`smoke`]: the smallest real flow over both (ordered ticks), for tests, demo and benchmark.
+//! - [`topics`]: topic names and event types, the Kafka half of the contract.
 //! - [`migrate`]: the outbox and inbox tables, run by each service before its own migrations.
 //!
 //! The flow of one event: service tx { state change + `enqueue` } -> COMMIT -> NOTIFY ->
@@ -24,6 +25,7 @@ pub mod kafka;
 pub mod outbox;
 pub mod service;
 pub mod smoke;
+pub mod topics;
 
 pub use envelope::{EventEnvelope, NewEvent};
 pub use shop_proto::events;

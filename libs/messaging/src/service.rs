@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use shop_core::{
     app::Application,
@@ -10,6 +11,8 @@ use shop_core::{
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
 
 use crate::{
     kafka::KafkaSettings,
@@ -81,16 +84,27 @@ impl PgServiceSettings {
     }
 }
 
-/// Builds a PostgreSQL service's frame: its database (migrated), the gRPC server with health and
-/// reflection, `/metrics`, and the outbox relay. The service adds its own routes through
-/// `routes` and its consumers through [`Application::spawn`] before running it.
-pub async fn build(
+/// Builds a PostgreSQL service's frame: its database (outbox/inbox migrations, then the service's
+/// own `migrator`), the gRPC server with health, reflection and the routes `add_routes` adds,
+/// `/metrics`, and the outbox relay. Consumers are added with [`Application::spawn`].
+pub async fn build<F>(
     name: &'static str,
     settings: &PgServiceSettings,
-    routes: tonic::service::Routes,
+    migrator: Option<sqlx::migrate::Migrator>,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Application, PgPool)> {
+    add_routes: F,
+) -> anyhow::Result<(Application, PgPool)>
+where
+    F: AsyncFnOnce(Routes, &HealthReporter, &PgPool) -> anyhow::Result<Routes>,
+{
     let pool = open_database(settings).await?;
+    if let Some(mut migrator) = migrator {
+        // The outbox/inbox migrations share `_sqlx_migrations`; each migrator ignores the other's.
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await.context("service migrations")?;
+    }
+    let (routes, health) = shop_core::grpc::base_routes()?;
+    let routes = add_routes(routes, &health, &pool).await?;
     let mut app = Application::bind(name, &settings.server, routes, shutdown.clone()).await?;
     spawn_relay(&mut app, &pool, settings, shutdown)?;
     Ok((app, pool))

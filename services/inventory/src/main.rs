@@ -1,14 +1,13 @@
 //! The inventory service binary: load settings, start telemetry, build, run until a shutdown signal.
 
-use shop_core::{config, grpc, shutdown, telemetry};
-use shop_messaging::service::{self, PgServiceSettings};
+use shop_core::{config, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = config::load(&PgServiceSettings::local("inventory", 50053, 9103))?;
+    let settings = config::load(&shop_inventory::default_settings())?;
     telemetry::init_tracing("inventory", &settings.telemetry);
-    let (routes, _health) = grpc::base_routes()?;
-    let (app, _pool) =
-        service::build("inventory", &settings, routes, shutdown::on_signal()).await?;
-    app.run_until_stopped().await
+    shop_inventory::build(&settings, shutdown::on_signal())
+        .await?
+        .run_until_stopped()
+        .await
 }

@@ -35,10 +35,15 @@ async fn a_service_serves_health_and_metrics_relays_its_outbox_and_stops_on_sign
         ..PgServiceSettings::default()
     };
     let shutdown = CancellationToken::new();
-    let (routes, _health) = shop_core::grpc::base_routes().expect("routes");
-    let (app, pool) = service::build("test", &settings, routes, shutdown.clone())
-        .await
-        .expect("build");
+    let (app, pool) = service::build(
+        "test",
+        &settings,
+        None,
+        shutdown.clone(),
+        async |routes, _, _| Ok(routes),
+    )
+    .await
+    .expect("build");
     let (grpc, metrics) = (app.grpc_addr(), app.metrics_addr());
     let running = tokio::spawn(app.run_until_stopped());
 

@@ -1,0 +1,82 @@
+//! The gRPC adapter: protobuf in, validated domain values, repository, protobuf out.
+
+use shop_core::{ServiceError, grpc::required};
+use shop_messaging::outbox;
+use shop_proto::inventory::{
+    GetStockRequest, RestockRequest, StockLevel, inventory_service_server::InventoryService,
+};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    commands::level_changed,
+    domain::{Invalid, Sku, quantity},
+    repository,
+};
+
+pub struct Inventory {
+    pool: PgPool,
+    events_topic: String,
+}
+
+impl Inventory {
+    pub fn new(pool: PgPool, events_topic: String) -> Self {
+        Self { pool, events_topic }
+    }
+}
+
+impl From<Invalid> for ServiceError {
+    fn from(e: Invalid) -> Self {
+        ServiceError::invalid(e.field, e.message)
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for Inventory {
+    async fn get_stock(
+        &self,
+        request: Request<GetStockRequest>,
+    ) -> Result<Response<StockLevel>, Status> {
+        let r = request.into_inner();
+        let tenant = required("tenant_id", &r.tenant_id)?;
+        let sku = Sku::parse("sku", &r.sku).map_err(ServiceError::from)?;
+        let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
+        let (available, reserved) = repository::stock(&mut conn, tenant, sku.as_str())
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::NotFound(format!("sku {}", sku.as_str())))?;
+        Ok(Response::new(StockLevel {
+            tenant_id: tenant.to_owned(),
+            sku: sku.as_str().to_owned(),
+            available,
+            reserved,
+        }))
+    }
+
+    async fn restock(
+        &self,
+        request: Request<RestockRequest>,
+    ) -> Result<Response<StockLevel>, Status> {
+        let r = request.into_inner();
+        let tenant = required("tenant_id", &r.tenant_id)?;
+        let sku = Sku::parse("sku", &r.sku).map_err(ServiceError::from)?;
+        let q = quantity("quantity", r.quantity).map_err(ServiceError::from)?;
+        let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
+        let (available, reserved) = repository::restock(&mut tx, tenant, sku.as_str(), q)
+            .await
+            .map_err(ServiceError::from)?;
+        outbox::enqueue(
+            &mut tx,
+            &level_changed(&self.events_topic, tenant, sku.as_str(), available),
+        )
+        .await
+        .map_err(ServiceError::from)?;
+        tx.commit().await.map_err(ServiceError::from)?;
+        Ok(Response::new(StockLevel {
+            tenant_id: tenant.to_owned(),
+            sku: sku.as_str().to_owned(),
+            available,
+            reserved,
+        }))
+    }
+}

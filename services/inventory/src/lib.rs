@@ -1,0 +1,72 @@
+//! # shop-inventory
+//!
+//! Stock per tenant and SKU, and all-or-nothing reservations for the order saga.
+//!
+//! - [`domain`]: SKUs, quantities, merging order lines; no I/O.
+//! - [`repository`]: the SQL. Reservations lock the stock rows they touch (in SKU order, so
+//!   concurrent reservations cannot deadlock) and never take more than is available.
+//! - [`commands`]: the saga's commands (reserve, release, commit) arriving through the inbox;
+//!   each effect and its reply commit in one transaction.
+//! - [`grpc`]: `GetStock` and `Restock`.
+//! - [`build`]: the service, assembled.
+
+pub mod commands;
+pub mod domain;
+pub mod grpc;
+pub mod repository;
+
+use shop_messaging::{
+    inbox::{Inbox, InboxConfig},
+    service::{self, PgServiceSettings},
+    topics,
+};
+use shop_proto::inventory::inventory_service_server::InventoryServiceServer;
+use tokio_util::sync::CancellationToken;
+
+/// Local-stack defaults: gRPC 50053, metrics 9103, database `shop_inventory`.
+pub fn default_settings() -> PgServiceSettings {
+    PgServiceSettings::local("inventory", 50053, 9103)
+}
+
+/// Builds the service: database and migrations, gRPC, relay, and the command consumer.
+pub async fn build(
+    settings: &PgServiceSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<shop_core::app::Application> {
+    let kafka = &settings.kafka;
+    let (commands, events) = (
+        kafka.topic(topics::INVENTORY_COMMANDS),
+        kafka.topic(topics::INVENTORY_EVENTS),
+    );
+    kafka
+        .ensure_topics(&[
+            &commands,
+            &events,
+            &shop_messaging::kafka::dead_letter_topic(&commands),
+        ])
+        .await?;
+    let (mut app, pool) = service::build(
+        "inventory",
+        settings,
+        Some(sqlx::migrate!()),
+        shutdown.clone(),
+        async |routes, health, pool| {
+            health
+                .set_serving::<InventoryServiceServer<grpc::Inventory>>()
+                .await;
+            let service = grpc::Inventory::new(pool.clone(), events.clone());
+            Ok(routes.add_service(InventoryServiceServer::new(service)))
+        },
+    )
+    .await?;
+    let inbox = Inbox::new(
+        pool,
+        &settings.kafka,
+        InboxConfig::new(format!("{}inventory", kafka.topic_prefix), &[&commands]),
+        commands::Commands {
+            events_topic: events.clone(),
+        },
+    )?;
+    app.spawn(inbox.run(shutdown));
+    Ok(app)
+}
