@@ -12,6 +12,7 @@
 //!   a dead-letter topic.
 //! - [`service`]: start-up shared by the PostgreSQL services (settings, database, relay task).
 //! - [`smoke`]: the smallest real flow over both (ordered ticks), for tests, demo and benchmark.
+//! - `testing` (feature): scratch databases, topic namespaces and a command channel for tests.
 //! - [`topics`]: topic names and event types, the Kafka half of the contract.
 //! - [`migrate`]: the outbox and inbox tables, run by each service before its own migrations.
 //!
@@ -25,6 +26,8 @@ pub mod kafka;
 pub mod outbox;
 pub mod service;
 pub mod smoke;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topics;
 
 pub use envelope::{EventEnvelope, NewEvent};

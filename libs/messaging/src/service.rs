@@ -132,3 +132,37 @@ pub fn spawn_relay(
     app.spawn(relay.run(shutdown));
     Ok(())
 }
+
+/// A saga participant's topics, with the deployment's prefix: `(commands, events)`, created
+/// (with the commands' dead-letter topic) if missing.
+pub async fn participant_topics(
+    kafka: &KafkaSettings,
+    commands: &str,
+    events: &str,
+) -> anyhow::Result<(String, String)> {
+    let (commands, events) = (kafka.topic(commands), kafka.topic(events));
+    kafka
+        .ensure_topics(&[
+            &commands,
+            &events,
+            &crate::kafka::dead_letter_topic(&commands),
+        ])
+        .await?;
+    Ok((commands, events))
+}
+
+/// Consumes `topic` through the inbox as consumer `name` (prefixed like the topics), beside `app`.
+pub fn spawn_inbox<H: crate::inbox::Handler>(
+    app: &mut Application,
+    pool: &PgPool,
+    kafka: &KafkaSettings,
+    name: &str,
+    topic: &str,
+    handler: H,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = crate::inbox::InboxConfig::new(format!("{}{name}", kafka.topic_prefix), &[topic]);
+    let inbox = crate::inbox::Inbox::new(pool.clone(), kafka, config, handler)?;
+    app.spawn(inbox.run(shutdown));
+    Ok(())
+}

@@ -16,7 +16,6 @@ pub mod grpc;
 pub mod repository;
 
 use shop_messaging::{
-    inbox::{Inbox, InboxConfig},
     service::{self, PgServiceSettings},
     topics,
 };
@@ -33,18 +32,12 @@ pub async fn build(
     settings: &PgServiceSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<shop_core::app::Application> {
-    let kafka = &settings.kafka;
-    let (commands, events) = (
-        kafka.topic(topics::INVENTORY_COMMANDS),
-        kafka.topic(topics::INVENTORY_EVENTS),
-    );
-    kafka
-        .ensure_topics(&[
-            &commands,
-            &events,
-            &shop_messaging::kafka::dead_letter_topic(&commands),
-        ])
-        .await?;
+    let (commands, events) = service::participant_topics(
+        &settings.kafka,
+        topics::INVENTORY_COMMANDS,
+        topics::INVENTORY_EVENTS,
+    )
+    .await?;
     let (mut app, pool) = service::build(
         "inventory",
         settings,
@@ -59,14 +52,17 @@ pub async fn build(
         },
     )
     .await?;
-    let inbox = Inbox::new(
-        pool,
+    let handler = commands::Commands {
+        events_topic: events.clone(),
+    };
+    service::spawn_inbox(
+        &mut app,
+        &pool,
         &settings.kafka,
-        InboxConfig::new(format!("{}inventory", kafka.topic_prefix), &[&commands]),
-        commands::Commands {
-            events_topic: events.clone(),
-        },
+        "inventory",
+        &commands,
+        handler,
+        shutdown,
     )?;
-    app.spawn(inbox.run(shutdown));
     Ok(app)
 }
