@@ -1,0 +1,67 @@
+//! # shop-payment
+//!
+//! Accounts with balances and a ledger (balance = opening + sum of movements), and one charge
+//! per order for the order saga.
+//!
+//! - [`domain`]: money in integer minor units, the charge decision; no I/O.
+//! - [`repository`]: the SQL. A charge locks its account row; the `charge` table makes it happen
+//!   at most once per order.
+//! - [`commands`]: the saga's commands (charge, refund) arriving through the inbox.
+//! - [`grpc`]: `OpenAccount`, `GetAccount`, `ListMovements`.
+//! - [`build`]: the service, assembled.
+
+pub mod commands;
+pub mod domain;
+pub mod grpc;
+pub mod repository;
+
+use shop_messaging::{
+    service::{self, PgServiceSettings},
+    topics,
+};
+use shop_proto::payment::payment_service_server::PaymentServiceServer;
+use tokio_util::sync::CancellationToken;
+
+/// Local-stack defaults: gRPC 50052, metrics 9102, database `shop_payment`.
+pub fn default_settings() -> PgServiceSettings {
+    PgServiceSettings::local("payment", 50052, 9102)
+}
+
+/// Builds the service: database and migrations, gRPC, relay, and the command consumer.
+pub async fn build(
+    settings: &PgServiceSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<shop_core::app::Application> {
+    let (commands, events) = service::participant_topics(
+        &settings.kafka,
+        topics::PAYMENT_COMMANDS,
+        topics::PAYMENT_EVENTS,
+    )
+    .await?;
+    let (mut app, pool) = service::build(
+        "payment",
+        settings,
+        Some(sqlx::migrate!()),
+        shutdown.clone(),
+        async |routes, health, pool| {
+            health
+                .set_serving::<PaymentServiceServer<grpc::Payment>>()
+                .await;
+            Ok(routes.add_service(PaymentServiceServer::new(grpc::Payment::new(pool.clone()))))
+        },
+    )
+    .await?;
+    let handler = commands::Commands {
+        events_topic: events,
+    };
+    service::spawn_inbox(
+        &mut app,
+        &pool,
+        &settings.kafka,
+        "payment",
+        &commands,
+        handler,
+        shutdown,
+    )?;
+    Ok(app)
+}
