@@ -1,19 +1,13 @@
 //! The order service binary: load settings, start telemetry, build, run until a shutdown signal.
 
 use shop_core::{config, shutdown, telemetry};
-use shop_messaging::service::{self, PgServiceSettings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = config::load(&PgServiceSettings::local("order", 50051, 9101))?;
-    telemetry::init_tracing("order", &settings.telemetry);
-    let (app, _pool) = service::build(
-        "order",
-        &settings,
-        None,
-        shutdown::on_signal(),
-        async |routes, _, _| Ok(routes),
-    )
-    .await?;
-    app.run_until_stopped().await
+    let settings = config::load(&shop_order::default_settings())?;
+    telemetry::init_tracing("order", &settings.service.telemetry);
+    shop_order::build(&settings, shutdown::on_signal())
+        .await?
+        .run_until_stopped()
+        .await
 }

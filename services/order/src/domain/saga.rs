@@ -1,0 +1,609 @@
+//! The order saga as a pure state machine: a state, an event (a participant's reply, a step
+//! deadline passing, an operator's request), and the next state with the commands to send.
+//! No I/O: the repository persists what this decides, in the same transaction as the outbox
+//! rows that carry the commands.
+//!
+//! ```text
+//!  STARTED ──reserved──► INVENTORY_RESERVED ──charged──► PAYMENT_CHARGED ──shipped──► SHIPMENT_CREATED ──committed──► COMPLETED
+//!     │                        │                              │
+//!     │ failed/timeout         │ declined/timeout             │ refused/timeout
+//!     ▼                        ▼                              ▼
+//!  COMPENSATING: run the compensations of the steps done (and of the step that timed out, which
+//!  may have happened), in reverse order, one at a time ──all done──► CANCELLED
+//! ```
+//!
+//! A reply that does not fit the current state (a duplicate, or late after a timeout) changes
+//! nothing: the compensations already cover a step that timed out.
+
+use std::time::Duration;
+
+/// A forward step and, in reverse, its compensation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Step {
+    Reserve,
+    Charge,
+    Ship,
+    /// Stock leaves the warehouse; cannot fail, retried until answered.
+    Commit,
+}
+
+impl Step {
+    pub const FORWARD: [Step; 4] = [Step::Reserve, Step::Charge, Step::Ship, Step::Commit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reserve => "reserve_stock",
+            Self::Charge => "charge_payment",
+            Self::Ship => "create_shipment",
+            Self::Commit => "commit_stock",
+        }
+    }
+
+    pub fn compensation_name(self) -> &'static str {
+        match self {
+            Self::Reserve => "release_stock",
+            Self::Charge => "refund_payment",
+            Self::Ship => "cancel_shipment",
+            Self::Commit => "none",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::FORWARD.into_iter().find(|s| s.name() == name)
+    }
+
+    fn next(self) -> Option<Step> {
+        match self {
+            Self::Reserve => Some(Self::Charge),
+            Self::Charge => Some(Self::Ship),
+            Self::Ship => Some(Self::Commit),
+            Self::Commit => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Started,
+    InventoryReserved,
+    PaymentCharged,
+    ShipmentCreated,
+    Completed,
+    Compensating,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "STARTED",
+            Self::InventoryReserved => "INVENTORY_RESERVED",
+            Self::PaymentCharged => "PAYMENT_CHARGED",
+            Self::ShipmentCreated => "SHIPMENT_CREATED",
+            Self::Completed => "COMPLETED",
+            Self::Compensating => "COMPENSATING",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Started,
+            Self::InventoryReserved,
+            Self::PaymentCharged,
+            Self::ShipmentCreated,
+            Self::Completed,
+            Self::Compensating,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled)
+    }
+
+    /// The forward step in flight in this state.
+    fn step(self) -> Option<Step> {
+        match self {
+            Self::Started => Some(Step::Reserve),
+            Self::InventoryReserved => Some(Step::Charge),
+            Self::PaymentCharged => Some(Step::Ship),
+            Self::ShipmentCreated => Some(Step::Commit),
+            _ => None,
+        }
+    }
+
+    /// The state once `step` succeeded.
+    fn after(step: Step) -> Self {
+        match step {
+            Step::Reserve => Self::InventoryReserved,
+            Step::Charge => Self::PaymentCharged,
+            Step::Ship => Self::ShipmentCreated,
+            Step::Commit => Self::Completed,
+        }
+    }
+}
+
+/// Timeout and tries per step (seed 001: reserve 30 s / 3, charge 60 s / 2, ship 30 s / 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPolicy {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub reserve: StepPolicy,
+    pub charge: StepPolicy,
+    pub ship: StepPolicy,
+    /// Commit and compensations must eventually happen: they are retried every `timeout`
+    /// without a limit (and the saga shows as stuck once past `max_attempts`).
+    pub settle: StepPolicy,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let p = |secs, max_attempts| StepPolicy {
+            timeout: Duration::from_secs(secs),
+            max_attempts,
+        };
+        Self {
+            reserve: p(30, 3),
+            charge: p(60, 2),
+            ship: p(30, 3),
+            settle: p(30, 5),
+        }
+    }
+}
+
+impl Policy {
+    pub fn for_step(&self, step: Step) -> StepPolicy {
+        match step {
+            Step::Reserve => self.reserve,
+            Step::Charge => self.charge,
+            Step::Ship => self.ship,
+            Step::Commit => self.settle,
+        }
+    }
+}
+
+/// What the saga is doing now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saga {
+    pub state: State,
+    /// While compensating: compensations still to run, next first (reverse order of the steps).
+    pub to_compensate: Vec<Step>,
+    /// Tries of the command in flight (forward step or compensation).
+    pub attempts: u32,
+    /// Why it is being cancelled.
+    pub reason: Option<String>,
+}
+
+/// A command for a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Do(Step),
+    Undo(Step),
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The participant did the step.
+    Succeeded(Step),
+    /// The participant refused the step (it did nothing).
+    Failed(Step, String),
+    /// The participant undid the step.
+    Compensated(Step),
+    /// The deadline of the command in flight passed.
+    TimedOut,
+    /// An operator asks to compensate now.
+    CompensateRequested(String),
+    /// An operator asks to send the command in flight again.
+    RetryRequested,
+}
+
+/// The outcome of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub saga: Saga,
+    /// To send now (at most one: the saga waits for each answer).
+    pub command: Option<Command>,
+    /// A step's timeline entry to record: (step name, status, error).
+    pub step_update: Option<(&'static str, &'static str, Option<String>)>,
+    /// False when the event did not fit (duplicate or late): nothing to persist.
+    pub changed: bool,
+}
+
+impl Saga {
+    pub fn start() -> (Self, Command) {
+        (
+            Self {
+                state: State::Started,
+                to_compensate: vec![],
+                attempts: 1,
+                reason: None,
+            },
+            Command::Do(Step::Reserve),
+        )
+    }
+
+    /// The command in flight, if any (what a retry resends).
+    pub fn in_flight(&self) -> Option<Command> {
+        match self.state {
+            State::Compensating => self.to_compensate.first().map(|s| Command::Undo(*s)),
+            s => s.step().map(Command::Do),
+        }
+    }
+
+    /// How long the command in flight may take, and whether it has used its tries.
+    pub fn policy_for_in_flight(&self, policy: &Policy) -> Option<StepPolicy> {
+        match self.in_flight()? {
+            Command::Do(step) => Some(policy.for_step(step)),
+            Command::Undo(_) => Some(policy.settle),
+        }
+    }
+
+    fn unchanged(&self) -> Transition {
+        Transition {
+            saga: self.clone(),
+            command: None,
+            step_update: None,
+            changed: false,
+        }
+    }
+
+    /// Applies `event`; see the module docs.
+    pub fn apply(&self, event: &Event, policy: &Policy) -> Transition {
+        match (self.state, event) {
+            (s, _) if s.is_terminal() => self.unchanged(),
+
+            // Forward progress.
+            (s, Event::Succeeded(step)) if s.step() == Some(*step) => {
+                let state = State::after(*step);
+                let saga = Saga {
+                    state,
+                    to_compensate: vec![],
+                    attempts: 1,
+                    reason: None,
+                };
+                Transition {
+                    command: step.next().map(Command::Do),
+                    step_update: Some((step.name(), "done", None)),
+                    saga,
+                    changed: true,
+                }
+            }
+            // Refused: the step did nothing, undo the ones before it.
+            (s, Event::Failed(step, reason)) if s.step() == Some(*step) => self.compensate(
+                done_before(*step),
+                reason.clone(),
+                Some((step.name(), "failed", Some(reason.clone()))),
+            ),
+            (s, Event::TimedOut) if s.step().is_some() => {
+                let step = s.step().unwrap_or(Step::Reserve);
+                let p = policy.for_step(step);
+                if step == Step::Commit || self.attempts < p.max_attempts {
+                    // Resend; Commit cannot fail, so it is retried without limit.
+                    let saga = Saga {
+                        attempts: self.attempts + 1,
+                        ..self.clone()
+                    };
+                    let note = Some((
+                        step.name(),
+                        "retrying",
+                        Some(format!("timed out, try {}", saga.attempts)),
+                    ));
+                    return Transition {
+                        saga,
+                        command: Some(Command::Do(step)),
+                        step_update: note,
+                        changed: true,
+                    };
+                }
+                // Out of tries: the step may or may not have happened; its compensation is safe
+                // either way (participants answer a compensation of something never done).
+                let reason = format!("{} timed out after {} tries", step.name(), self.attempts);
+                let mut undo = done_before(step);
+                undo.insert(0, step);
+                self.compensate(
+                    undo,
+                    reason.clone(),
+                    Some((step.name(), "timed_out", Some(reason))),
+                )
+            }
+            (s, Event::CompensateRequested(reason))
+                if s.step().is_some() && s != State::ShipmentCreated =>
+            {
+                let step = s.step().unwrap_or(Step::Reserve);
+                let mut undo = done_before(step);
+                undo.insert(0, step);
+                self.compensate(
+                    undo,
+                    reason.clone(),
+                    Some((step.name(), "aborted", Some(reason.clone()))),
+                )
+            }
+
+            // Compensation.
+            (State::Compensating, Event::Compensated(step))
+                if self.to_compensate.first() == Some(step) =>
+            {
+                let rest = self.to_compensate[1..].to_vec();
+                let update = Some((step.compensation_name(), "done", None));
+                if rest.is_empty() {
+                    let saga = Saga {
+                        state: State::Cancelled,
+                        to_compensate: rest,
+                        attempts: 0,
+                        reason: self.reason.clone(),
+                    };
+                    Transition {
+                        saga,
+                        command: None,
+                        step_update: update,
+                        changed: true,
+                    }
+                } else {
+                    let next = rest[0];
+                    let saga = Saga {
+                        state: State::Compensating,
+                        to_compensate: rest,
+                        attempts: 1,
+                        reason: self.reason.clone(),
+                    };
+                    Transition {
+                        saga,
+                        command: Some(Command::Undo(next)),
+                        step_update: update,
+                        changed: true,
+                    }
+                }
+            }
+            (State::Compensating, Event::TimedOut) => match self.to_compensate.first() {
+                Some(step) => {
+                    let saga = Saga {
+                        attempts: self.attempts + 1,
+                        ..self.clone()
+                    };
+                    let note = Some((
+                        step.compensation_name(),
+                        "retrying",
+                        Some(format!("timed out, try {}", saga.attempts)),
+                    ));
+                    Transition {
+                        saga,
+                        command: Some(Command::Undo(*step)),
+                        step_update: note,
+                        changed: true,
+                    }
+                }
+                None => self.unchanged(),
+            },
+
+            // An operator's retry: resend what is in flight, with a fresh deadline.
+            (_, Event::RetryRequested) => match self.in_flight() {
+                Some(command) => {
+                    let saga = Saga {
+                        attempts: self.attempts + 1,
+                        ..self.clone()
+                    };
+                    Transition {
+                        saga,
+                        command: Some(command),
+                        step_update: None,
+                        changed: true,
+                    }
+                }
+                None => self.unchanged(),
+            },
+
+            // Duplicates, late replies after a timeout, replies to another state: ignored.
+            _ => self.unchanged(),
+        }
+    }
+
+    fn compensate(
+        &self,
+        undo: Vec<Step>,
+        reason: String,
+        step_update: Option<(&'static str, &'static str, Option<String>)>,
+    ) -> Transition {
+        match undo.first() {
+            None => Transition {
+                saga: Saga {
+                    state: State::Cancelled,
+                    to_compensate: vec![],
+                    attempts: 0,
+                    reason: Some(reason),
+                },
+                command: None,
+                step_update,
+                changed: true,
+            },
+            Some(first) => Transition {
+                command: Some(Command::Undo(*first)),
+                saga: Saga {
+                    state: State::Compensating,
+                    to_compensate: undo,
+                    attempts: 1,
+                    reason: Some(reason),
+                },
+                step_update,
+                changed: true,
+            },
+        }
+    }
+}
+
+/// The steps completed before `step`, most recent first (the order they are undone in).
+fn done_before(step: Step) -> Vec<Step> {
+    let mut done: Vec<Step> = Step::FORWARD
+        .into_iter()
+        .take_while(|s| *s != step)
+        .collect();
+    done.retain(|s| *s != Step::Commit);
+    done.reverse();
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run(events: &[Event]) -> (Saga, Vec<Command>) {
+        let policy = Policy::default();
+        let (mut saga, first) = Saga::start();
+        let mut sent = vec![first];
+        for e in events {
+            let t = saga.apply(e, &policy);
+            sent.extend(t.command);
+            saga = t.saga;
+        }
+        (saga, sent)
+    }
+
+    use Event::*;
+    use Step::*;
+
+    #[test]
+    fn happy_path_reserves_charges_ships_commits_and_completes() {
+        let (saga, sent) = run(&[
+            Succeeded(Reserve),
+            Succeeded(Charge),
+            Succeeded(Ship),
+            Succeeded(Commit),
+        ]);
+        assert_eq!(saga.state, State::Completed);
+        assert_eq!(
+            sent,
+            vec![
+                Command::Do(Reserve),
+                Command::Do(Charge),
+                Command::Do(Ship),
+                Command::Do(Commit)
+            ]
+        );
+    }
+
+    #[test]
+    fn out_of_stock_cancels_without_compensating_anything() {
+        let (saga, sent) = run(&[Failed(Reserve, "insufficient stock".into())]);
+        assert_eq!(saga.state, State::Cancelled);
+        assert_eq!(saga.reason.as_deref(), Some("insufficient stock"));
+        assert_eq!(sent, vec![Command::Do(Reserve)]);
+    }
+
+    #[test]
+    fn a_shipping_refusal_refunds_then_releases() {
+        let (saga, sent) = run(&[
+            Succeeded(Reserve),
+            Succeeded(Charge),
+            Failed(Ship, "we do not ship to AQ".into()),
+            Compensated(Charge),
+            Compensated(Reserve),
+        ]);
+        assert_eq!(saga.state, State::Cancelled);
+        assert_eq!(
+            &sent[3..],
+            &[Command::Undo(Charge), Command::Undo(Reserve)],
+            "reverse order, one at a time"
+        );
+    }
+
+    #[test]
+    fn a_step_that_times_out_is_retried_then_compensated_including_itself() {
+        let (saga, sent) = run(&[
+            Succeeded(Reserve),
+            TimedOut,
+            Compensated(Charge),
+            Compensated(Reserve),
+        ]);
+        assert_eq!(saga.state, State::Cancelled);
+        assert!(
+            saga.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("charge_payment timed out after 2 tries"))
+        );
+        assert_eq!(
+            sent,
+            vec![
+                Command::Do(Reserve),
+                Command::Do(Charge),
+                Command::Do(Charge),
+                Command::Undo(Charge),
+                Command::Undo(Reserve)
+            ]
+        );
+    }
+
+    #[test]
+    fn late_and_duplicate_replies_change_nothing() {
+        let policy = Policy::default();
+        let (saga, _) = run(&[Succeeded(Reserve), TimedOut, TimedOut]); // compensating charge
+        assert_eq!(saga.state, State::Compensating);
+        let late = saga.apply(&Succeeded(Charge), &policy);
+        assert!(!late.changed && late.command.is_none());
+        let (done, _) = run(&[
+            Succeeded(Reserve),
+            Succeeded(Charge),
+            Succeeded(Ship),
+            Succeeded(Commit),
+        ]);
+        assert!(
+            !done.apply(&Failed(Ship, "x".into()), &policy).changed,
+            "terminal states absorb"
+        );
+        assert!(!done.apply(&Succeeded(Reserve), &policy).changed);
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let step = prop_oneof![Just(Reserve), Just(Charge), Just(Ship), Just(Commit)];
+        prop_oneof![
+            step.clone().prop_map(Succeeded),
+            step.clone().prop_map(|s| Failed(s, "no".into())),
+            step.prop_map(Compensated),
+            Just(TimedOut),
+            Just(RetryRequested),
+            Just(CompensateRequested("operator".into())),
+        ]
+    }
+
+    proptest! {
+        /// Whatever arrives, in whatever order: a saga that ends cancelled has undone every step
+        /// it did (in reverse order), and one that completes never undid anything.
+        #[test]
+        fn every_done_step_is_undone_before_cancelled_in_reverse_order(events in proptest::collection::vec(event(), 0..40)) {
+            let policy = Policy::default();
+            let (mut saga, _) = Saga::start();
+            let mut done: Vec<Step> = vec![];
+            let mut undone: Vec<Step> = vec![];
+            for e in &events {
+                let t = saga.apply(e, &policy);
+                if t.changed {
+                    match e {
+                        Succeeded(s) => done.push(*s),
+                        Compensated(s) => undone.push(*s),
+                        _ => {}
+                    }
+                }
+                if saga.state.is_terminal() { prop_assert!(!t.changed); }
+                saga = t.saga;
+            }
+            match saga.state {
+                State::Cancelled => {
+                    let mut expected: Vec<Step> = done.iter().copied().filter(|s| *s != Commit).collect();
+                    expected.reverse();
+                    // A step that timed out is undone too although it never reported success.
+                    let undone_done: Vec<Step> = undone.iter().copied().filter(|s| done.contains(s)).collect();
+                    prop_assert_eq!(undone_done, expected);
+                }
+                State::Completed => prop_assert!(undone.is_empty()),
+                _ => {}
+            }
+        }
+    }
+}

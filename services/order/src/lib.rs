@@ -1,0 +1,146 @@
+//! # shop-order
+//!
+//! Orders and the saga that carries each one through inventory, payment and shipping.
+//!
+//! - [`domain`]: a validated order; the saga's state machine (pure, property-tested).
+//! - [`repository`]: the SQL for orders, sagas and their step timeline.
+//! - [`saga`]: the orchestrator: transitions in one transaction with their outbox commands;
+//!   the reply handler; the timeout sweep.
+//! - [`grpc`]: `PlaceOrder` (idempotent on its key), `GetOrder`, `ListOrders`, and the saga
+//!   operations `GetSaga`, `ListSagas`, `RetrySaga`, `CompensateSaga`.
+//! - [`build`]: the service, assembled.
+
+pub mod domain;
+pub mod grpc;
+pub mod repository;
+pub mod saga;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shop_messaging::service::{self, PgServiceSettings};
+use shop_proto::order::order_service_server::OrderServiceServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::saga::{Policy, StepPolicy};
+
+/// Step timeouts and tries (seed 001 defaults), and the timeout sweep's period.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SagaSettings {
+    pub reserve_timeout_ms: u64,
+    pub reserve_attempts: u32,
+    pub charge_timeout_ms: u64,
+    pub charge_attempts: u32,
+    pub ship_timeout_ms: u64,
+    pub ship_attempts: u32,
+    /// Commit and compensations: retried every this long until answered.
+    pub settle_timeout_ms: u64,
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            reserve_timeout_ms: 30_000,
+            reserve_attempts: 3,
+            charge_timeout_ms: 60_000,
+            charge_attempts: 2,
+            ship_timeout_ms: 30_000,
+            ship_attempts: 3,
+            settle_timeout_ms: 30_000,
+            sweep_interval_ms: 1_000,
+        }
+    }
+}
+
+impl SagaSettings {
+    pub fn policy(&self) -> Policy {
+        let p = |ms, max_attempts| StepPolicy {
+            timeout: Duration::from_millis(ms),
+            max_attempts,
+        };
+        Policy {
+            reserve: p(self.reserve_timeout_ms, self.reserve_attempts),
+            charge: p(self.charge_timeout_ms, self.charge_attempts),
+            ship: p(self.ship_timeout_ms, self.ship_attempts),
+            settle: p(self.settle_timeout_ms, 5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub service: PgServiceSettings,
+    pub saga: SagaSettings,
+}
+
+/// Local-stack defaults: gRPC 50051, metrics 9101, database `shop_order`.
+pub fn default_settings() -> Settings {
+    Settings {
+        service: PgServiceSettings::local("order", 50051, 9101),
+        ..Settings::default()
+    }
+}
+
+/// Builds the service: database and migrations, gRPC, relay, the reply consumer, the timeout sweep.
+pub async fn build(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<shop_core::app::Application> {
+    let s = &settings.service;
+    let topics = saga::Topics::new(&s.kafka);
+    let mut all = topics.all();
+    let dlqs: Vec<String> = [
+        &topics.inventory_events,
+        &topics.payment_events,
+        &topics.shipping_events,
+    ]
+    .iter()
+    .map(|t| shop_messaging::kafka::dead_letter_topic(t))
+    .collect();
+    all.extend(dlqs.iter().map(String::as_str));
+    s.kafka.ensure_topics(&all).await?;
+    let orchestrator = saga::Orchestrator {
+        topics: topics.clone(),
+        policy: settings.saga.policy(),
+    };
+    let (mut app, pool) = service::build(
+        "order",
+        s,
+        Some(sqlx::migrate!()),
+        shutdown.clone(),
+        async |routes, health, pool| {
+            health
+                .set_serving::<OrderServiceServer<grpc::Orders>>()
+                .await;
+            Ok(
+                routes.add_service(OrderServiceServer::new(grpc::Orders::new(
+                    pool.clone(),
+                    orchestrator.clone(),
+                ))),
+            )
+        },
+    )
+    .await?;
+    let config = shop_messaging::inbox::InboxConfig::new(
+        format!("{}order-saga", s.kafka.topic_prefix),
+        &[
+            &topics.inventory_events,
+            &topics.payment_events,
+            &topics.shipping_events,
+        ],
+    );
+    let inbox = shop_messaging::inbox::Inbox::new(
+        pool.clone(),
+        &s.kafka,
+        config,
+        saga::Replies(orchestrator.clone()),
+    )?;
+    app.spawn(inbox.run(shutdown.clone()));
+    let sweep = Duration::from_millis(settings.saga.sweep_interval_ms);
+    app.spawn(orchestrator.run_timeouts(pool, sweep, shutdown));
+    Ok(app)
+}
