@@ -78,12 +78,16 @@ impl Application {
             "service started"
         );
         let shutdown = self.shutdown.clone();
-        // A background task that fails stops the whole service: better restarted than half alive.
+        // A background task that fails (or ends early) stops the whole service: better restarted
+        // than half alive. Tasks ending because shutdown began is the normal way out.
         let served = tokio::select! {
             r = grpc::serve(self.grpc_listener, self.routes, shutdown.clone()) => r,
             Some(joined) = self.tasks.join_next() => {
-                joined.map_err(anyhow::Error::from).and_then(|r| r)
-                    .and_then(|()| anyhow::bail!("a background task ended before shutdown"))
+                match joined.map_err(anyhow::Error::from).and_then(|r| r) {
+                    Err(e) => Err(e),
+                    Ok(()) if shutdown.is_cancelled() => Ok(()),
+                    Ok(()) => Err(anyhow::anyhow!("a background task ended before shutdown")),
+                }
             }
         };
         shutdown.cancel();

@@ -516,8 +516,10 @@ mod tests {
 
     #[test]
     fn a_step_that_times_out_is_retried_then_compensated_including_itself() {
+        // Charge allows 2 tries: the first timeout resends, the second compensates.
         let (saga, sent) = run(&[
             Succeeded(Reserve),
+            TimedOut,
             TimedOut,
             Compensated(Charge),
             Compensated(Reserve),
