@@ -24,6 +24,11 @@ pub fn pg_base_url() -> String {
 /// Settings for one test's instance of a service: free ports, its own database, its own topic
 /// prefix (so tests running at once never see each other's messages), a quick relay.
 pub fn service_settings(service: &str) -> PgServiceSettings {
+    // `RUST_LOG=info cargo test -- --nocapture` shows the services' logs.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let db_url = format!(
         "{}/test_{service}_{run}",

@@ -136,7 +136,9 @@ pub async fn orders_of(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
-    let (at, id) = after.unwrap_or((DateTime::<Utc>::MAX_UTC, Uuid::max()));
+    // Bounds PostgreSQL can represent (chrono's MIN/MAX_UTC are outside its range).
+    let far_future = DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or_default(); // 9999-12-31
+    let (at, id) = after.unwrap_or((far_future, Uuid::max()));
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders
          WHERE tenant_id = $1 AND customer_id = $2 AND (created_at, order_id) < ($3, $4)
@@ -297,7 +299,7 @@ pub async fn sagas(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
-    let (at, id) = after.unwrap_or((DateTime::<Utc>::MIN_UTC, Uuid::nil()));
+    let (at, id) = after.unwrap_or((DateTime::<Utc>::UNIX_EPOCH, Uuid::nil()));
     let rows: Vec<SagaTuple> = sqlx::query_as(&format!(
         "SELECT {SAGA_COLUMNS} FROM saga
          WHERE ($1::text IS NULL OR state = $1) AND (NOT $2 OR deadline < now())

@@ -143,7 +143,7 @@ impl Orchestrator {
             repository::step_status(conn, id, step, status, error.as_deref()).await?;
         }
         let mut events = Vec::new();
-        if let Some(command) = t.command {
+        for command in t.commands {
             repository::step_sent(conn, id, step_name(command), t.saga.attempts).await?;
             let mut e = self.command(&order, command);
             if let Some(cause) = cause {

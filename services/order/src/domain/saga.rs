@@ -8,8 +8,9 @@
 //!     │                        │                              │
 //!     │ failed/timeout         │ declined/timeout             │ refused/timeout
 //!     ▼                        ▼                              ▼
-//!  COMPENSATING: run the compensations of the steps done (and of the step that timed out, which
-//!  may have happened), in reverse order, one at a time ──all done──► CANCELLED
+//!  COMPENSATING: run the compensations of the steps done, in reverse order, one at a time
+//!  ──all done──► CANCELLED. A step that timed out may or may not have happened: its
+//!  compensation is sent too, first, without waiting for an answer.
 //! ```
 //!
 //! A reply that does not fit the current state (a duplicate, or late after a timeout) changes
@@ -209,8 +210,10 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub saga: Saga,
-    /// To send now (at most one: the saga waits for each answer).
-    pub command: Option<Command>,
+    /// To send now. The saga waits for the answer to the last one only: a step that timed out
+    /// is undone without waiting (its participant may be the one not answering; the command
+    /// waits in Kafka, and the participant's tombstone refuses the step if it arrives later).
+    pub commands: Vec<Command>,
     /// A step's timeline entry to record: (step name, status, error).
     pub step_update: Option<(&'static str, &'static str, Option<String>)>,
     /// False when the event did not fit (duplicate or late): nothing to persist.
@@ -249,7 +252,7 @@ impl Saga {
     fn unchanged(&self) -> Transition {
         Transition {
             saga: self.clone(),
-            command: None,
+            commands: vec![],
             step_update: None,
             changed: false,
         }
@@ -270,7 +273,7 @@ impl Saga {
                     reason: None,
                 };
                 Transition {
-                    command: step.next().map(Command::Do),
+                    commands: step.next().map(Command::Do).into_iter().collect(),
                     step_update: Some((step.name(), "done", None)),
                     saga,
                     changed: true,
@@ -298,33 +301,29 @@ impl Saga {
                     ));
                     return Transition {
                         saga,
-                        command: Some(Command::Do(step)),
+                        commands: vec![Command::Do(step)],
                         step_update: note,
                         changed: true,
                     };
                 }
-                // Out of tries: the step may or may not have happened; its compensation is safe
-                // either way (participants answer a compensation of something never done).
+                // Out of tries: the step may or may not have happened. Its compensation is sent
+                // first without waiting (its participant may be the one not answering, and a
+                // compensation of something never done is answered and remembered); then the
+                // steps done are undone in reverse, each awaited.
                 let reason = format!("{} timed out after {} tries", step.name(), self.attempts);
-                let mut undo = done_before(step);
-                undo.insert(0, step);
-                self.compensate(
-                    undo,
-                    reason.clone(),
-                    Some((step.name(), "timed_out", Some(reason))),
-                )
+                let note = Some((step.name(), "timed_out", Some(reason.clone())));
+                let mut t = self.compensate(done_before(step), reason, note);
+                t.commands.insert(0, Command::Undo(step));
+                t
             }
             (s, Event::CompensateRequested(reason))
                 if s.step().is_some() && s != State::ShipmentCreated =>
             {
                 let step = s.step().unwrap_or(Step::Reserve);
-                let mut undo = done_before(step);
-                undo.insert(0, step);
-                self.compensate(
-                    undo,
-                    reason.clone(),
-                    Some((step.name(), "aborted", Some(reason.clone()))),
-                )
+                let note = Some((step.name(), "aborted", Some(reason.clone())));
+                let mut t = self.compensate(done_before(step), reason.clone(), note);
+                t.commands.insert(0, Command::Undo(step));
+                t
             }
 
             // Compensation.
@@ -342,7 +341,7 @@ impl Saga {
                     };
                     Transition {
                         saga,
-                        command: None,
+                        commands: vec![],
                         step_update: update,
                         changed: true,
                     }
@@ -356,7 +355,7 @@ impl Saga {
                     };
                     Transition {
                         saga,
-                        command: Some(Command::Undo(next)),
+                        commands: vec![Command::Undo(next)],
                         step_update: update,
                         changed: true,
                     }
@@ -375,7 +374,7 @@ impl Saga {
                     ));
                     Transition {
                         saga,
-                        command: Some(Command::Undo(*step)),
+                        commands: vec![Command::Undo(*step)],
                         step_update: note,
                         changed: true,
                     }
@@ -392,7 +391,7 @@ impl Saga {
                     };
                     Transition {
                         saga,
-                        command: Some(command),
+                        commands: vec![command],
                         step_update: None,
                         changed: true,
                     }
@@ -419,12 +418,12 @@ impl Saga {
                     attempts: 0,
                     reason: Some(reason),
                 },
-                command: None,
+                commands: vec![],
                 step_update,
                 changed: true,
             },
             Some(first) => Transition {
-                command: Some(Command::Undo(*first)),
+                commands: vec![Command::Undo(*first)],
                 saga: Saga {
                     state: State::Compensating,
                     to_compensate: undo,
@@ -460,7 +459,7 @@ mod tests {
         let mut sent = vec![first];
         for e in events {
             let t = saga.apply(e, &policy);
-            sent.extend(t.command);
+            sent.extend(t.commands);
             saga = t.saga;
         }
         (saga, sent)
@@ -548,7 +547,7 @@ mod tests {
         let (saga, _) = run(&[Succeeded(Reserve), TimedOut, TimedOut]); // compensating charge
         assert_eq!(saga.state, State::Compensating);
         let late = saga.apply(&Succeeded(Charge), &policy);
-        assert!(!late.changed && late.command.is_none());
+        assert!(!late.changed && late.commands.is_empty());
         let (done, _) = run(&[
             Succeeded(Reserve),
             Succeeded(Charge),

@@ -1,0 +1,312 @@
+//! `spawn_platform()`: the four saga services on free ports, with their own databases and a
+//! topic prefix of their own, plus clients and invariant checks.
+
+use std::time::Duration;
+
+use shop_messaging::{service::PgServiceSettings, testing};
+use shop_order::SagaSettings;
+use shop_proto::{
+    common::{Address, LineItem, Money},
+    inventory::{
+        GetStockRequest, RestockRequest, inventory_service_client::InventoryServiceClient,
+    },
+    order::{
+        GetOrderRequest, Order, OrderStatus, PlaceOrderRequest, PlaceOrderResponse,
+        order_service_client::OrderServiceClient,
+    },
+    payment::{
+        GetAccountRequest, OpenAccountRequest, payment_service_client::PaymentServiceClient,
+    },
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub const TENANT: &str = "acme";
+
+pub struct Platform {
+    pub order: OrderServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<Channel>,
+    pub payment: PaymentServiceClient<Channel>,
+    pub order_db: PgPool,
+    pub payment_db: PgPool,
+    pub settings: Vec<PgServiceSettings>,
+    pub order_settings: shop_order::Settings,
+    stops: Vec<CancellationToken>,
+}
+
+/// Which services to run (a test leaves one out to play a participant that never answers).
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub order: bool,
+    pub shipping: bool,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Self {
+            order: true,
+            shipping: true,
+        }
+    }
+}
+
+/// Fast timeouts so the failure paths run in seconds.
+pub fn quick_saga() -> SagaSettings {
+    SagaSettings {
+        reserve_timeout_ms: 5_000,
+        charge_timeout_ms: 5_000,
+        ship_timeout_ms: 1_500,
+        ship_attempts: 2,
+        settle_timeout_ms: 5_000,
+        sweep_interval_ms: 200,
+        ..SagaSettings::default()
+    }
+}
+
+fn with_db(base: &PgServiceSettings, service: &str) -> PgServiceSettings {
+    let mut s = base.clone();
+    s.database.url = format!("{}_{service}", base.database.url);
+    s
+}
+
+pub async fn spawn_platform(saga: SagaSettings, run: Run) -> Platform {
+    let base = testing::service_settings("saga");
+    let (inv, pay, ship) = (
+        with_db(&base, "inventory"),
+        with_db(&base, "payment"),
+        with_db(&base, "shipping"),
+    );
+    let order_settings = shop_order::Settings {
+        service: with_db(&base, "order"),
+        saga,
+    };
+    let mut stops = Vec::new();
+    let mut start = |stop: CancellationToken| stops.push(stop);
+
+    let stop = CancellationToken::new();
+    let app = shop_inventory::build(&inv, stop.clone())
+        .await
+        .expect("inventory");
+    let inventory_addr = app.grpc_addr();
+    tokio::spawn(app.run_until_stopped());
+    start(stop);
+
+    let stop = CancellationToken::new();
+    let app = shop_payment::build(&pay, stop.clone())
+        .await
+        .expect("payment");
+    let payment_addr = app.grpc_addr();
+    tokio::spawn(app.run_until_stopped());
+    start(stop);
+
+    if run.shipping {
+        let stop = CancellationToken::new();
+        let settings = shop_shipping::Settings {
+            service: ship.clone(),
+            ..Default::default()
+        };
+        let app = shop_shipping::build(&settings, stop.clone())
+            .await
+            .expect("shipping");
+        tokio::spawn(app.run_until_stopped());
+        start(stop);
+    }
+
+    let order_addr = if run.order {
+        let stop = CancellationToken::new();
+        let app = shop_order::build(&order_settings, stop.clone())
+            .await
+            .expect("order");
+        let addr = app.grpc_addr();
+        tokio::spawn(app.run_until_stopped());
+        start(stop);
+        addr.to_string()
+    } else {
+        "127.0.0.1:1".to_owned() // replaced by the test that runs the order service itself
+    };
+    let connect = |addr: String| async move {
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy()
+    };
+    Platform {
+        order: OrderServiceClient::new(connect(order_addr).await),
+        inventory: InventoryServiceClient::new(connect(inventory_addr.to_string()).await),
+        payment: PaymentServiceClient::new(connect(payment_addr.to_string()).await),
+        order_db: pool_or_lazy(&order_settings.service).await,
+        payment_db: testing::pool(&pay).await,
+        settings: vec![inv, pay, ship, order_settings.service.clone()],
+        order_settings,
+        stops,
+    }
+}
+
+/// The order database may not exist yet when the order service runs as a separate process.
+async fn pool_or_lazy(settings: &PgServiceSettings) -> PgPool {
+    shop_core::db::create_database_if_missing(&settings.database.url.parse().expect("url"))
+        .await
+        .expect("create db");
+    testing::pool(settings).await
+}
+
+pub fn address(country: &str) -> Address {
+    Address {
+        name: "Ada Lovelace".into(),
+        line1: "1 Main St".into(),
+        line2: String::new(),
+        city: "Berlin".into(),
+        postal_code: "10115".into(),
+        country: country.into(),
+    }
+}
+
+pub fn request(
+    key: &str,
+    sku: &str,
+    quantity: u32,
+    unit_minor: i64,
+    account: &str,
+    country: &str,
+) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        idempotency_key: key.into(),
+        tenant_id: TENANT.into(),
+        customer_id: "cust-1".into(),
+        items: vec![LineItem {
+            sku: sku.into(),
+            quantity,
+            unit_price: Some(Money {
+                amount_minor: unit_minor,
+                currency: "USD".into(),
+            }),
+        }],
+        shipping_address: Some(address(country)),
+        payment_account_id: account.into(),
+    }
+}
+
+impl Platform {
+    pub async fn restock(&self, sku: &str, quantity: u32) {
+        self.inventory
+            .clone()
+            .restock(RestockRequest {
+                tenant_id: TENANT.into(),
+                sku: sku.into(),
+                quantity,
+            })
+            .await
+            .expect("restock");
+    }
+
+    pub async fn open_account(&self, account: &str, minor: i64) {
+        self.payment
+            .clone()
+            .open_account(OpenAccountRequest {
+                account_id: account.into(),
+                tenant_id: TENANT.into(),
+                opening_balance: Some(Money {
+                    amount_minor: minor,
+                    currency: "USD".into(),
+                }),
+            })
+            .await
+            .expect("open account");
+    }
+
+    /// (available, reserved)
+    pub async fn stock(&self, sku: &str) -> (i64, i64) {
+        let s = self
+            .inventory
+            .clone()
+            .get_stock(GetStockRequest {
+                tenant_id: TENANT.into(),
+                sku: sku.into(),
+            })
+            .await
+            .expect("stock")
+            .into_inner();
+        (s.available, s.reserved)
+    }
+
+    pub async fn balance(&self, account: &str) -> i64 {
+        self.payment
+            .clone()
+            .get_account(GetAccountRequest {
+                account_id: account.into(),
+            })
+            .await
+            .expect("account")
+            .into_inner()
+            .balance
+            .map_or(0, |m| m.amount_minor)
+    }
+
+    pub async fn place(&self, r: PlaceOrderRequest) -> PlaceOrderResponse {
+        self.order
+            .clone()
+            .place_order(r)
+            .await
+            .expect("place order")
+            .into_inner()
+    }
+
+    /// Waits until the order is COMPLETED or CANCELLED.
+    pub async fn settled(&self, order_id: &str) -> Order {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = self
+                .order
+                .clone()
+                .get_order(GetOrderRequest {
+                    order_id: order_id.into(),
+                    min_stream_version: 0,
+                })
+                .await
+                .expect("get order")
+                .into_inner();
+            if o.status() != OrderStatus::Pending {
+                return o;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order_id} did not settle within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Orders charged more than once, in the payment ledger: must be 0.
+    pub async fn double_charges(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT order_id FROM movement WHERE kind = 'charge'
+                                   GROUP BY order_id HAVING count(*) > 1) d",
+        )
+        .fetch_one(&self.payment_db)
+        .await
+        .expect("double charges")
+    }
+
+    /// Net money taken per order (charges minus refunds), keyed by order id.
+    pub async fn net_charged(&self) -> std::collections::HashMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT order_id, (-sum(amount_minor))::bigint FROM movement GROUP BY order_id",
+        )
+        .fetch_all(&self.payment_db)
+        .await
+        .expect("net charged")
+        .into_iter()
+        .collect()
+    }
+
+    pub async fn stop(self) {
+        for s in &self.stops {
+            s.cancel();
+        }
+        self.order_db.close().await;
+        self.payment_db.close().await;
+        for s in &self.settings {
+            testing::drop_database(s).await;
+        }
+    }
+}

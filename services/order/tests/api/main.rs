@@ -1,0 +1,6 @@
+//! The order saga end to end: order, inventory, payment and shipping running against the real
+//! PostgreSQL and broker, each with its own database, sharing one private topic namespace.
+
+mod crash;
+mod helpers;
+mod saga;

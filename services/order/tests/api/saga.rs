@@ -1,0 +1,254 @@
+use shop_proto::order::{GetSagaRequest, ListSagasRequest, OrderStatus, SagaState};
+use tonic::Code;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_happy_path_reserves_charges_ships_and_completes() {
+    let p = spawn_platform(quick_saga(), Run::default()).await;
+    p.restock("book", 10).await;
+    p.open_account("acc", 10_000).await;
+    let placed = p.place(request("k-1", "book", 2, 1_500, "acc", "DE")).await;
+    assert!(placed.created);
+    let id = placed.order.expect("order").order_id;
+    let order = p.settled(&id).await;
+    assert_eq!(
+        order.status(),
+        OrderStatus::Completed,
+        "{}",
+        order.cancel_reason
+    );
+    assert_eq!(
+        p.stock("book").await,
+        (8, 0),
+        "two units left the warehouse"
+    );
+    assert_eq!(p.balance("acc").await, 7_000);
+
+    let saga = p
+        .order
+        .clone()
+        .get_saga(GetSagaRequest {
+            saga_id: id.clone(),
+        })
+        .await
+        .expect("saga")
+        .into_inner();
+    assert_eq!(saga.state(), SagaState::Completed);
+    let steps: Vec<(String, String)> = saga
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.status.clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "reserve_stock",
+            "charge_payment",
+            "create_shipment",
+            "commit_stock"
+        ]
+        .map(|s| (s.to_owned(), "done".to_owned()))
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn out_of_stock_cancels_and_charges_nothing() {
+    let p = spawn_platform(quick_saga(), Run::default()).await;
+    p.restock("lamp", 1).await;
+    p.open_account("acc", 10_000).await;
+    let id = p
+        .place(request("k-2", "lamp", 3, 1_000, "acc", "DE"))
+        .await
+        .order
+        .expect("order")
+        .order_id;
+    let order = p.settled(&id).await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        order.cancel_reason,
+        "insufficient stock for lamp: 3 wanted, 1 available"
+    );
+    assert_eq!(p.balance("acc").await, 10_000);
+    assert_eq!(p.stock("lamp").await, (1, 0));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn insufficient_funds_releases_the_stock() {
+    let p = spawn_platform(quick_saga(), Run::default()).await;
+    p.restock("desk", 5).await;
+    p.open_account("poor", 100).await;
+    let id = p
+        .place(request("k-3", "desk", 1, 50_000, "poor", "DE"))
+        .await
+        .order
+        .expect("order")
+        .order_id;
+    let order = p.settled(&id).await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert!(
+        order.cancel_reason.starts_with("insufficient funds"),
+        "{}",
+        order.cancel_reason
+    );
+    assert_eq!(p.stock("desk").await, (5, 0), "reservation released");
+    assert_eq!(p.balance("poor").await, 100);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_shipping_refusal_refunds_and_releases() {
+    let p = spawn_platform(quick_saga(), Run::default()).await;
+    p.restock("sled", 5).await;
+    p.open_account("acc", 10_000).await;
+    let id = p
+        .place(request("k-4", "sled", 1, 2_000, "acc", "AQ"))
+        .await
+        .order
+        .expect("order")
+        .order_id;
+    let order = p.settled(&id).await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.cancel_reason, "we do not ship to AQ");
+    assert_eq!(p.balance("acc").await, 10_000, "refunded");
+    assert_eq!(p.stock("sled").await, (5, 0), "released");
+    assert_eq!(
+        p.net_charged().await.get(&id).copied(),
+        Some(0),
+        "charged then refunded, in the ledger"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_makes_one_order() {
+    let p = spawn_platform(quick_saga(), Run::default()).await;
+    p.restock("pen", 5).await;
+    p.open_account("acc", 10_000).await;
+    let first = p.place(request("k-5", "pen", 1, 100, "acc", "DE")).await;
+    let again = p.place(request("k-5", "pen", 1, 100, "acc", "DE")).await;
+    assert!(first.created && !again.created);
+    assert_eq!(
+        first.order.as_ref().map(|o| &o.order_id),
+        again.order.as_ref().map(|o| &o.order_id)
+    );
+    let err = p
+        .order
+        .clone()
+        .place_order(request("k-5", "pen", 2, 100, "acc", "DE"))
+        .await
+        .expect_err("same key, other request");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let id = first.order.expect("order").order_id;
+    assert_eq!(p.settled(&id).await.status(), OrderStatus::Completed);
+    assert_eq!(p.balance("acc").await, 9_900, "one charge");
+    let sagas = p
+        .order
+        .clone()
+        .list_sagas(ListSagasRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(sagas.sagas.len(), 1, "one saga");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_orders_for_fifty_units_complete_exactly_fifty() {
+    let p = spawn_platform(quick_saga(), Run::default()).await;
+    p.restock("hot", 50).await;
+    for a in 0..10 {
+        p.open_account(&format!("acc-{a}"), 1_000_000).await;
+    }
+    let placing: Vec<_> = (0..200)
+        .map(|i| {
+            let mut client = p.order.clone();
+            tokio::spawn(async move {
+                let r = request(
+                    &format!("race-{i}"),
+                    "hot",
+                    1,
+                    999,
+                    &format!("acc-{}", i % 10),
+                    "DE",
+                );
+                client
+                    .place_order(r)
+                    .await
+                    .expect("place")
+                    .into_inner()
+                    .order
+                    .expect("order")
+                    .order_id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in placing {
+        ids.push(t.await.expect("join"));
+    }
+    let mut completed = 0;
+    for id in &ids {
+        if p.settled(id).await.status() == OrderStatus::Completed {
+            completed += 1;
+        }
+    }
+    assert_eq!(completed, 50, "exactly the stock on hand");
+    assert_eq!(p.stock("hot").await, (0, 0));
+    let mut total_balance = 0;
+    for a in 0..10 {
+        total_balance += p.balance(&format!("acc-{a}")).await;
+    }
+    assert_eq!(
+        10 * 1_000_000 - total_balance,
+        50 * 999,
+        "charged total = sum of completed orders"
+    );
+    assert_eq!(p.double_charges().await, 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_participant_that_never_answers_times_out_retries_and_compensates() {
+    // No shipping service: create_shipment is never answered.
+    let p = spawn_platform(
+        quick_saga(),
+        Run {
+            order: true,
+            shipping: false,
+        },
+    )
+    .await;
+    p.restock("drum", 3).await;
+    p.open_account("acc", 10_000).await;
+    let id = p
+        .place(request("k-7", "drum", 1, 4_000, "acc", "DE"))
+        .await
+        .order
+        .expect("order")
+        .order_id;
+    let order = p.settled(&id).await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        order.cancel_reason,
+        "create_shipment timed out after 2 tries"
+    );
+    assert_eq!(p.balance("acc").await, 10_000, "refunded");
+    assert_eq!(p.stock("drum").await, (3, 0), "released");
+    let saga = p
+        .order
+        .clone()
+        .get_saga(GetSagaRequest { saga_id: id })
+        .await
+        .expect("saga")
+        .into_inner();
+    let ship = saga
+        .steps
+        .iter()
+        .find(|s| s.name == "create_shipment")
+        .expect("ship step");
+    assert_eq!((ship.status.as_str(), ship.attempts), ("timed_out", 2));
+    p.stop().await;
+}
