@@ -17,12 +17,22 @@ use crate::error::ServiceError;
 /// `routes.add_service(...)`, then mark it serving on the reporter.
 pub fn base_routes() -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(shop_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(shop_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions: grpcurl speaks v1, some clients (older k6) only v1alpha.
+    let v1 = reflection()
         .build_v1()
         .context("cannot build the reflection service")?;
-    Ok((Routes::new(health).add_service(reflection), reporter))
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .context("cannot build the reflection service")?;
+    Ok((
+        Routes::new(health).add_service(v1).add_service(v1alpha),
+        reporter,
+    ))
 }
 
 /// Binds the gRPC port (0 = any free port) and returns the listener with its address.

@@ -1,11 +1,16 @@
 //! `shopctl`: the operator's command line.
 //!
-//! - `shopctl demo`: the main job of `make run` (health of every service, then the smoke flow).
+//! - `shopctl demo`: the main job of `make run` (health of every service, then a burst of orders
+//!   through the saga, with the invariants checked).
+//! - `shopctl smoke`: events outbox -> broker -> inbox between two scratch databases.
+//! - `shopctl saga get|list|retry|compensate`: look at sagas and intervene by hand.
 //! - `shopctl health`: gRPC health of every service.
 //! - `shopctl bench relay`: outbox relay throughput beside the raw producer on the same broker.
 
 mod bench;
+mod demo;
 mod health;
+mod saga;
 mod smoke;
 
 use clap::{Parser, Subcommand};
@@ -29,14 +34,27 @@ struct Cli {
         global = true
     )]
     kafka: String,
+    /// The order service's gRPC address.
+    #[arg(
+        long,
+        env = "SHOP_ORDER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    order: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check every service, run the smoke flow, print a summary and one JSON line.
-    Demo(smoke::SmokeArgs),
+    /// Check every service, place a burst of orders, check the invariants; one JSON line last.
+    Demo(demo::DemoArgs),
+    /// Events outbox -> broker -> inbox between two scratch databases, checked.
+    Smoke(smoke::SmokeArgs),
+    /// Inspect sagas, or retry / compensate one by hand.
+    #[command(subcommand)]
+    Saga(saga::SagaCmd),
     /// gRPC health of every service on the local ports.
     Health,
     /// Benchmarks (real work on the real stores; figures beside the raw store's).
@@ -74,20 +92,30 @@ async fn main() -> anyhow::Result<()> {
             let report = health::check_all().await;
             health::print(&report);
             let serving = report.iter().filter(|r| r.serving).count();
-            let summary = smoke::run(&cli.pg_url, &kafka, &args).await?;
-            smoke::print(&summary, serving, report.len());
             anyhow::ensure!(
                 serving == report.len(),
                 "{} of {} services not serving",
                 report.len() - serving,
                 report.len()
             );
+            let summary = demo::run(&args).await?;
+            demo::print(&summary);
+            anyhow::ensure!(
+                summary.is_consistent(),
+                "an invariant does not hold (see above)"
+            );
+            Ok(())
+        }
+        Command::Smoke(args) => {
+            let summary = smoke::run(&cli.pg_url, &kafka, &args).await?;
+            smoke::print(&summary);
             anyhow::ensure!(
                 summary.is_consistent(),
                 "the smoke flow lost, duplicated or reordered events"
             );
             Ok(())
         }
+        Command::Saga(cmd) => saga::run(&cli.order, cmd).await,
         Command::Bench(b) => bench::run(&cli.pg_url, &kafka, b).await,
     }
 }
