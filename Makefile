@@ -4,7 +4,7 @@ CARGO ?= cargo
 STACK := infra/local/stack.sh
 SERVICES := infra/local/services.sh
 
-.PHONY: run down test lint fmt bench smoke stack stack-down build ci
+.PHONY: run down test lint fmt bench bench-saga smoke stack stack-down build ci
 
 ## run: install what is missing, start the stores and every service, run the demo workload
 run: stack build
@@ -32,6 +32,10 @@ fmt:
 ## bench: outbox relay throughput beside the raw producer (same broker, same run)
 bench: stack build
 	./target/debug/shopctl bench relay
+
+## bench-saga: whole sagas at constant offered loads beside pgbench (needs `make run` first)
+bench-saga: build
+	./target/debug/shopctl bench saga
 
 ## smoke: events outbox -> broker -> inbox between two scratch databases, checked
 smoke: stack build

@@ -19,6 +19,15 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
+    /// Whole sagas (placed -> completed) at constant offered loads, beside pgbench's commit rate.
+    Saga {
+        /// Offered loads, orders/s.
+        #[arg(long, value_delimiter = ',', default_value = "20,50,100")]
+        rates: Vec<u32>,
+        /// Seconds per load.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
     /// Outbox relay events/s beside the raw producer rate.
     Relay {
         #[arg(long, default_value_t = 50_000)]
@@ -49,6 +58,7 @@ pub async fn run(pg_url: &str, kafka: &KafkaSettings, bench: Bench) -> anyhow::R
             aggregates,
             batch,
         } => relay(pg_url, kafka, events, aggregates, batch).await,
+        Bench::Saga { rates, seconds } => crate::bench_saga::run(pg_url, &rates, seconds).await,
     }
 }
 
