@@ -252,3 +252,109 @@ async fn a_participant_that_never_answers_times_out_retries_and_compensates() {
     assert_eq!((ship.status.as_str(), ship.attempts), ("timed_out", 2));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn an_operator_can_list_retry_and_compensate_a_waiting_saga() {
+    use shop_proto::order::{CompensateSagaRequest, RetrySagaRequest};
+    // No shipping service and a long ship timeout: the saga waits at PAYMENT_CHARGED.
+    let saga = shop_order::SagaSettings {
+        ship_timeout_ms: 120_000,
+        ..quick_saga()
+    };
+    let p = spawn_platform(
+        saga,
+        Run {
+            order: true,
+            shipping: false,
+        },
+    )
+    .await;
+    p.restock("harp", 2).await;
+    p.open_account("acc", 50_000).await;
+    let id = p
+        .place(request("k-8", "harp", 1, 30_000, "acc", "DE"))
+        .await
+        .order
+        .expect("order")
+        .order_id;
+    let mut client = p.order.clone();
+    let waiting = loop {
+        let s = client
+            .get_saga(GetSagaRequest {
+                saga_id: id.clone(),
+            })
+            .await
+            .expect("saga")
+            .into_inner();
+        if s.state() == SagaState::PaymentCharged {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!waiting.stuck, "not past its deadline yet");
+    let listed = client
+        .list_sagas(ListSagasRequest {
+            state: SagaState::PaymentCharged.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        listed
+            .sagas
+            .iter()
+            .map(|s| s.saga_id.clone())
+            .collect::<Vec<_>>(),
+        vec![id.clone()]
+    );
+
+    let retried = client
+        .retry_saga(RetrySagaRequest {
+            saga_id: id.clone(),
+        })
+        .await
+        .expect("retry")
+        .into_inner();
+    let ship = retried
+        .steps
+        .iter()
+        .find(|s| s.name == "create_shipment")
+        .expect("ship step");
+    assert_eq!(ship.attempts, 2, "the command was sent again");
+
+    let compensated = client
+        .compensate_saga(CompensateSagaRequest {
+            saga_id: id.clone(),
+            reason: "carrier strike".into(),
+        })
+        .await
+        .expect("compensate")
+        .into_inner();
+    assert_eq!(compensated.state(), SagaState::Compensating);
+    let order = p.settled(&id).await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        order.cancel_reason,
+        "compensated by an operator: carrier strike"
+    );
+    assert_eq!(p.balance("acc").await, 50_000, "refunded");
+    assert_eq!(p.stock("harp").await, (2, 0), "released");
+
+    let err = client
+        .compensate_saga(CompensateSagaRequest {
+            saga_id: id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("a cancelled saga cannot be compensated again");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = client
+        .get_saga(GetSagaRequest {
+            saga_id: "not-a-uuid".into(),
+        })
+        .await
+        .expect_err("bad id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    p.stop().await;
+}
