@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
     /// Whole sagas (placed -> completed) at constant offered loads, beside pgbench's commit rate.
+    /// Rows/s from Kafka into ClickHouse beside raw inserts into the same server.
+    Analytics {
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
     Saga {
         /// Offered loads, orders/s.
         #[arg(long, value_delimiter = ',', default_value = "20,50,100")]
@@ -59,6 +64,7 @@ pub async fn run(pg_url: &str, kafka: &KafkaSettings, bench: Bench) -> anyhow::R
             batch,
         } => relay(pg_url, kafka, events, aggregates, batch).await,
         Bench::Saga { rates, seconds } => crate::bench_saga::run(pg_url, &rates, seconds).await,
+        Bench::Analytics { events } => crate::bench_analytics::run(kafka, events).await,
     }
 }
 

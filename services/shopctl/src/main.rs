@@ -8,6 +8,7 @@
 //! - `shopctl bench relay`: outbox relay throughput beside the raw producer on the same broker.
 
 mod bench;
+mod bench_analytics;
 mod bench_saga;
 mod demo;
 mod health;

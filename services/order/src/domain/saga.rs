@@ -8,9 +8,9 @@
 //!     │                        │                              │
 //!     │ failed/timeout         │ declined/timeout             │ refused/timeout
 //!     ▼                        ▼                              ▼
-//!  COMPENSATING: run the compensations of the steps done, in reverse order, one at a time
-//!  ──all done──► CANCELLED. A step that timed out may or may not have happened: its
-//!  compensation is sent too, first, without waiting for an answer.
+//!  COMPENSATING: run the compensations of the steps done, in reverse order, one at a time, then
+//!  (after a timeout or an operator's abort) the compensation of the step in flight, which may or
+//!  may not have happened ──all answered──► CANCELLED: everything is settled.
 //! ```
 //!
 //! A reply that does not fit the current state (a duplicate, or late after a timeout) changes
@@ -210,9 +210,7 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub saga: Saga,
-    /// To send now. The saga waits for the answer to the last one only: a step that timed out
-    /// is undone without waiting (its participant may be the one not answering; the command
-    /// waits in Kafka, and the participant's tombstone refuses the step if it arrives later).
+    /// To send now (the saga waits for each answer before the next).
     pub commands: Vec<Command>,
     /// A step's timeline entry to record: (step name, status, error).
     pub step_update: Option<(&'static str, &'static str, Option<String>)>,
@@ -306,24 +304,25 @@ impl Saga {
                         changed: true,
                     };
                 }
-                // Out of tries: the step may or may not have happened. Its compensation is sent
-                // first without waiting (its participant may be the one not answering, and a
-                // compensation of something never done is answered and remembered); then the
-                // steps done are undone in reverse, each awaited.
+                // Out of tries: the step may or may not have happened. The steps done are undone
+                // first, in reverse, so money and stock are not held hostage by the participant
+                // that is not answering; the timed-out step's compensation comes last (answered
+                // and remembered even if the step never happened) and is awaited too, so
+                // CANCELLED always means everything is settled.
                 let reason = format!("{} timed out after {} tries", step.name(), self.attempts);
                 let note = Some((step.name(), "timed_out", Some(reason.clone())));
-                let mut t = self.compensate(done_before(step), reason, note);
-                t.commands.insert(0, Command::Undo(step));
-                t
+                let mut undo = done_before(step);
+                undo.push(step);
+                self.compensate(undo, reason, note)
             }
             (s, Event::CompensateRequested(reason))
                 if s.step().is_some() && s != State::ShipmentCreated =>
             {
                 let step = s.step().unwrap_or(Step::Reserve);
                 let note = Some((step.name(), "aborted", Some(reason.clone())));
-                let mut t = self.compensate(done_before(step), reason.clone(), note);
-                t.commands.insert(0, Command::Undo(step));
-                t
+                let mut undo = done_before(step);
+                undo.push(step);
+                self.compensate(undo, reason.clone(), note)
             }
 
             // Compensation.
@@ -515,13 +514,14 @@ mod tests {
 
     #[test]
     fn a_step_that_times_out_is_retried_then_compensated_including_itself() {
-        // Charge allows 2 tries: the first timeout resends, the second compensates.
+        // Charge allows 2 tries: the first timeout resends, the second compensates: the reserve
+        // that was done first, then the charge that may have happened.
         let (saga, sent) = run(&[
             Succeeded(Reserve),
             TimedOut,
             TimedOut,
-            Compensated(Charge),
             Compensated(Reserve),
+            Compensated(Charge),
         ]);
         assert_eq!(saga.state, State::Cancelled);
         assert!(
@@ -535,8 +535,8 @@ mod tests {
                 Command::Do(Reserve),
                 Command::Do(Charge),
                 Command::Do(Charge),
-                Command::Undo(Charge),
-                Command::Undo(Reserve)
+                Command::Undo(Reserve),
+                Command::Undo(Charge)
             ]
         );
     }

@@ -32,6 +32,7 @@ pub struct Platform {
     pub payment_db: PgPool,
     pub settings: Vec<PgServiceSettings>,
     pub order_settings: shop_order::Settings,
+    ship_settings: PgServiceSettings,
     stops: Vec<CancellationToken>,
 }
 
@@ -136,8 +137,9 @@ pub async fn spawn_platform(saga: SagaSettings, run: Run) -> Platform {
         payment: PaymentServiceClient::new(connect(payment_addr.to_string()).await),
         order_db: pool_or_lazy(&order_settings.service).await,
         payment_db: testing::pool(&pay).await,
-        settings: vec![inv, pay, ship, order_settings.service.clone()],
+        settings: vec![inv, pay, ship.clone(), order_settings.service.clone()],
         order_settings,
+        ship_settings: ship,
         stops,
     }
 }
@@ -187,6 +189,20 @@ pub fn request(
 }
 
 impl Platform {
+    /// Starts the shipping service (for tests that began without it).
+    pub async fn start_shipping(&mut self) {
+        let stop = CancellationToken::new();
+        let settings = shop_shipping::Settings {
+            service: self.ship_settings.clone(),
+            ..Default::default()
+        };
+        let app = shop_shipping::build(&settings, stop.clone())
+            .await
+            .expect("shipping");
+        tokio::spawn(app.run_until_stopped());
+        self.stops.push(stop);
+    }
+
     pub async fn restock(&self, sku: &str, quantity: u32) {
         self.inventory
             .clone()

@@ -213,7 +213,7 @@ async fn two_hundred_concurrent_orders_for_fifty_units_complete_exactly_fifty() 
 #[tokio::test]
 async fn a_participant_that_never_answers_times_out_retries_and_compensates() {
     // No shipping service: create_shipment is never answered.
-    let p = spawn_platform(
+    let mut p = spawn_platform(
         quick_saga(),
         Run {
             order: true,
@@ -229,27 +229,55 @@ async fn a_participant_that_never_answers_times_out_retries_and_compensates() {
         .order
         .expect("order")
         .order_id;
-    let order = p.settled(&id).await;
-    assert_eq!(order.status(), OrderStatus::Cancelled);
-    assert_eq!(
-        order.cancel_reason,
-        "create_shipment timed out after 2 tries"
-    );
-    assert_eq!(p.balance("acc").await, 10_000, "refunded");
-    assert_eq!(p.stock("drum").await, (3, 0), "released");
-    let saga = p
-        .order
-        .clone()
-        .get_saga(GetSagaRequest { saga_id: id })
-        .await
-        .expect("saga")
-        .into_inner();
+    let mut client = p.order.clone();
+    // Two tries, then the steps done are undone (refund, release) while the silent participant's
+    // compensation waits for it: the saga is not terminal until everything is settled.
+    let saga = loop {
+        let s = client
+            .get_saga(GetSagaRequest {
+                saga_id: id.clone(),
+            })
+            .await
+            .expect("saga")
+            .into_inner();
+        let undone = |name: &str| {
+            s.steps
+                .iter()
+                .any(|st| st.name == name && st.status == "done")
+        };
+        if undone("refund_payment") && undone("release_stock") {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(saga.state(), SagaState::Compensating);
+    assert_eq!(saga.last_error, "create_shipment timed out after 2 tries");
     let ship = saga
         .steps
         .iter()
         .find(|s| s.name == "create_shipment")
         .expect("ship step");
     assert_eq!((ship.status.as_str(), ship.attempts), ("timed_out", 2));
+    assert_eq!(
+        p.balance("acc").await,
+        10_000,
+        "refunded while shipping is still silent"
+    );
+    assert_eq!(
+        p.stock("drum").await,
+        (3, 0),
+        "released while shipping is still silent"
+    );
+
+    // Shipping comes back: it finds the cancel before any create (a tombstone), answers, and the
+    // saga ends; the stale create commands behind it are refused, not applied.
+    p.start_shipping().await;
+    let order = p.settled(&id).await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        order.cancel_reason,
+        "create_shipment timed out after 2 tries"
+    );
     p.stop().await;
 }
 
@@ -261,7 +289,7 @@ async fn an_operator_can_list_retry_and_compensate_a_waiting_saga() {
         ship_timeout_ms: 120_000,
         ..quick_saga()
     };
-    let p = spawn_platform(
+    let mut p = spawn_platform(
         saga,
         Run {
             order: true,
@@ -332,6 +360,8 @@ async fn an_operator_can_list_retry_and_compensate_a_waiting_saga() {
         .expect("compensate")
         .into_inner();
     assert_eq!(compensated.state(), SagaState::Compensating);
+    // The in-flight shipment's compensation is answered once shipping is back.
+    p.start_shipping().await;
     let order = p.settled(&id).await;
     assert_eq!(order.status(), OrderStatus::Cancelled);
     assert_eq!(
