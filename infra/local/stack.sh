@@ -143,8 +143,19 @@ install_kafka() {
     || { tail -n 40 "$CACHE_DIR/tansu-build.log" >&2; die "tansu build failed (log: $CACHE_DIR/tansu-build.log)"; }
 }
 
+kafka_size_warning() {
+  local db="$STACK_DIR/kafka/tansu.db" size
+  [ -f "$db" ] || return 0
+  size=$(stat -c %s "$db")
+  if ((size > 16 * 1024 * 1024)); then
+    log "kafka: tansu's SQLite file is $((size / 1024 / 1024)) MB; tansu slows down a lot as it grows"
+    log "       (docs/STORES.md). For a fresh broker: infra/local/stack.sh reset kafka"
+  fi
+}
+
 up_kafka() {
   install_kafka
+  kafka_size_warning
   if port_open 9092; then log "kafka: using the broker already on 9092"; return; fi
   mkdir -p "$STACK_DIR/kafka"
   # SQLite storage: measured durable across kill -9 with exact offset resume (memory:// loses data).

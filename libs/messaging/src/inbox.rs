@@ -186,6 +186,8 @@ impl<H: Handler> Inbox<H> {
     ) -> anyhow::Result<Self> {
         let consumer: StreamConsumer<LagContext> = kafka
             .consumer_config(&config.consumer)
+            // Statistics feed the lag gauge (LagContext); plain consumers would only log them.
+            .set("statistics.interval.ms", "5000")
             .create_with_context(LagContext {
                 consumer: config.consumer.clone(),
             })

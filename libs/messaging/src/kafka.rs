@@ -104,7 +104,6 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
-            .set("statistics.interval.ms", "5000")
             // Return fetched data quickly: latency over fewer, fuller fetches.
             .set("fetch.wait.max.ms", "100");
         self.with_extra(config)

@@ -10,6 +10,7 @@ use anyhow::Context;
 use futures::{StreamExt, stream};
 use serde::Serialize;
 use shop_proto::{
+    analytics::{SagaOutcomesRequest, TimeRange, analytics_service_client::AnalyticsServiceClient},
     common::{Address, LineItem, Money, PageRequest},
     inventory::{
         GetStockRequest, RestockRequest, inventory_service_client::InventoryServiceClient,
@@ -54,6 +55,10 @@ pub struct DemoSummary {
     pub non_terminal_sagas: usize,
     pub stuck_sagas: usize,
     pub money_mismatches: usize,
+    /// Completed + cancelled counts that analytics (ClickHouse, eventually consistent) still
+    /// disagrees on after waiting for it; and how long it took to agree.
+    pub analytics_mismatch: i64,
+    pub analytics_caught_up_ms: u64,
 }
 
 impl DemoSummary {
@@ -63,6 +68,7 @@ impl DemoSummary {
             && self.double_charges == 0
             && self.non_terminal_sagas == 0
             && self.money_mismatches == 0
+            && self.analytics_mismatch == 0
     }
 }
 
@@ -350,6 +356,36 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         .sagas
         .len();
 
+    // Analytics sees the same outcomes, eventually (it reads the order events from Kafka).
+    let run_start = std::time::SystemTime::now() - started.elapsed() - Duration::from_secs(2);
+    let range = Some(TimeRange {
+        from: Some(prost_types::Timestamp::from(run_start)),
+        to: Some(prost_types::Timestamp::from(
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        )),
+    });
+    let mut analytics = AnalyticsServiceClient::new(channel(50057)?);
+    let waited = std::time::Instant::now();
+    let cancelled = outcomes.len() - completed;
+    let analytics_mismatch = loop {
+        let o = analytics
+            .saga_outcomes(SagaOutcomesRequest {
+                tenant_id: TENANT.into(),
+                range: range.clone(),
+            })
+            .await
+            .context("saga outcomes (is the analytics service up?)")?
+            .into_inner();
+        let seen_cancelled: u64 = o.cancelled_by_reason.values().sum();
+        let gap = (o.completed as i64 - completed as i64).abs()
+            + (seen_cancelled as i64 - cancelled as i64).abs();
+        if gap == 0 || waited.elapsed() > Duration::from_secs(60) {
+            break gap;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let analytics_caught_up_ms = waited.elapsed().as_millis() as u64;
+
     Ok(DemoSummary {
         orders: placed.len(),
         completed,
@@ -365,6 +401,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         non_terminal_sagas: placed.len() - outcomes.len(),
         stuck_sagas: stuck,
         money_mismatches,
+        analytics_mismatch,
+        analytics_caught_up_ms,
     })
 }
 
@@ -411,6 +449,10 @@ pub fn print(s: &DemoSummary) {
         s.money_mismatches
     );
     println!("  non-terminal sagas   {}", s.non_terminal_sagas);
+    println!(
+        "  analytics mismatch   {} (ClickHouse outcome counts vs the saga's; agreed after {} ms)",
+        s.analytics_mismatch, s.analytics_caught_up_ms
+    );
     println!(
         "result: {}",
         if s.is_consistent() { "OK" } else { "FAILED" }
