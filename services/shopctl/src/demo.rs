@@ -371,7 +371,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         let o = analytics
             .saga_outcomes(SagaOutcomesRequest {
                 tenant_id: TENANT.into(),
-                range: range.clone(),
+                range,
             })
             .await
             .context("saga outcomes (is the analytics service up?)")?
