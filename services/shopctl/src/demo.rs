@@ -72,8 +72,6 @@ impl DemoSummary {
     }
 }
 
-const TENANT: &str = "demo";
-
 struct Kind {
     sku: String,
     account: String,
@@ -98,6 +96,9 @@ fn usd(minor: i64) -> Option<Money> {
 
 pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let run = &uuid::Uuid::now_v7().simple().to_string()[20..];
+    // A tenant per run: every figure below (analytics' included) is about this run only.
+    let tenant = format!("demo-{run}");
+    let tenant = tenant.as_str();
     let order = OrderServiceClient::new(channel(50051)?);
     let mut payment = PaymentServiceClient::new(channel(50052)?);
     let mut inventory = InventoryServiceClient::new(channel(50053)?);
@@ -111,7 +112,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     for (sku, quantity) in &stock {
         inventory
             .restock(RestockRequest {
-                tenant_id: TENANT.into(),
+                tenant_id: tenant.into(),
                 sku: sku.clone(),
                 quantity: *quantity,
             })
@@ -122,7 +123,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         payment
             .open_account(OpenAccountRequest {
                 account_id: account.clone(),
-                tenant_id: TENANT.into(),
+                tenant_id: tenant.into(),
                 opening_balance: usd(minor),
             })
             .await
@@ -176,7 +177,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             let mut client = order.clone();
             let request = PlaceOrderRequest {
                 idempotency_key: format!("demo-{run}-{i}"),
-                tenant_id: TENANT.into(),
+                tenant_id: tenant.into(),
                 customer_id: format!("customer-{}", i % 17),
                 items: vec![LineItem {
                     sku: k.sku.clone(),
@@ -271,7 +272,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     for (sku, restocked) in &stock {
         let s = inventory
             .get_stock(GetStockRequest {
-                tenant_id: TENANT.into(),
+                tenant_id: tenant.into(),
                 sku: sku.clone(),
             })
             .await?
@@ -370,7 +371,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let analytics_mismatch = loop {
         let o = analytics
             .saga_outcomes(SagaOutcomesRequest {
-                tenant_id: TENANT.into(),
+                tenant_id: tenant.into(),
                 range,
             })
             .await
