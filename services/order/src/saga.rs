@@ -299,19 +299,32 @@ impl Orchestrator {
         }
     }
 
-    /// One sweep: returns how many sagas timed out.
+    /// One sweep: returns how many sagas timed out. Each saga is advanced in a transaction of
+    /// its own, so one that fails (or loses a deadlock to a reply being applied) holds back no
+    /// other; it is simply due again at the next sweep.
     pub async fn time_out_due(&self, pool: &PgPool) -> anyhow::Result<usize> {
-        let mut tx = pool.begin().await?;
-        let due = repository::due_sagas(&mut tx, 100).await?;
-        for id in &due {
-            self.advance(&mut tx, *id, &Event::TimedOut, None).await?;
+        let mut timed_out = 0;
+        for _ in 0..100 {
+            let mut tx = pool.begin().await?;
+            let Some(id) = repository::due_sagas(&mut tx, 1).await?.into_iter().next() else {
+                break;
+            };
+            match self.advance(&mut tx, id, &Event::TimedOut, None).await {
+                Ok(_) => {
+                    tx.commit().await?;
+                    timed_out += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(saga = %id, error = %e, "saga timeout not applied, will retry");
+                    break;
+                }
+            }
         }
-        tx.commit().await?;
-        if !due.is_empty() {
-            tracing::info!(count = due.len(), "sagas timed out");
-            metrics::counter!("saga_timeouts_total").increment(due.len() as u64);
+        if timed_out > 0 {
+            tracing::info!(count = timed_out, "sagas timed out");
+            metrics::counter!("saga_timeouts_total").increment(timed_out as u64);
         }
-        Ok(due.len())
+        Ok(timed_out)
     }
 }
 

@@ -269,7 +269,11 @@ impl Platform {
 
     /// Waits until the order is COMPLETED or CANCELLED.
     pub async fn settled(&self, order_id: &str) -> Order {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        self.settled_within(order_id, Duration::from_secs(60)).await
+    }
+
+    pub async fn settled_within(&self, order_id: &str, within: Duration) -> Order {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let o = self
                 .order
@@ -286,7 +290,7 @@ impl Platform {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "order {order_id} did not settle within 60 s"
+                "order {order_id} did not settle within {within:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
