@@ -74,6 +74,18 @@ apt_install() { # packages...
 started_here() { echo "$1" >> "$RUN_DIR/started"; }
 
 # ---------------------------------------------------------------- postgres
+# The cluster runs as the `postgres` user, which must reach its data, socket and log. When the
+# checkout is somewhere it cannot traverse (e.g. a mode-700 temp dir), they live in a directory of
+# its own under /var/tmp instead, named after the checkout.
+PG_HOME="$STACK_DIR/postgres-home"
+pg_home() {
+  if id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$STACK_DIR" 2>/dev/null; then
+    PG_HOME="/var/tmp/shop-postgres-$(printf '%s' "$REPO" | md5sum | cut -c1-12)"
+  fi
+  mkdir -p "$PG_HOME"
+  chown postgres:postgres "$PG_HOME" 2>/dev/null || true
+}
+
 install_postgres() {
   [ -x "$PG_BIN/postgres" ] || apt_install "postgresql-$PG_MAJOR"
   [ -x "$PG_BIN/pgbench" ] || apt_install "postgresql-contrib"  2>/dev/null || true
@@ -91,32 +103,36 @@ ensure_shop_role() {
 up_postgres() {
   install_postgres
   if port_open 5432; then log "postgres: using the server already on 5432"; ensure_shop_role; return; fi
-  local data="$STACK_DIR/postgres"
+  pg_home
+  local data="$PG_HOME/data"
   if [ ! -s "$data/PG_VERSION" ]; then
     log "postgres: initdb $data"
     mkdir -p "$data"; chown postgres:postgres "$data"; chmod 700 "$data"
     local pw; pw=$(mktemp); echo shop > "$pw"; chmod 644 "$pw"
     runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -U shop --pwfile="$pw" --auth=scram-sha-256 \
-      --encoding=UTF8 --locale=C.UTF-8 >"$LOG_DIR/postgres-initdb.log" 2>&1
+      --encoding=UTF8 --locale=C.UTF-8 >"$LOG_DIR/postgres-initdb.log" 2>&1 \
+      || { cat "$LOG_DIR/postgres-initdb.log" >&2; rm -f "$pw"; die "initdb failed"; }
     rm -f "$pw"
     cat >> "$data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = 5432
-unix_socket_directories = '$RUN_DIR'
+unix_socket_directories = '$PG_HOME'
 max_connections = 400
 shared_buffers = 512MB
 CONF
   fi
-  chown postgres:postgres "$RUN_DIR" "$LOG_DIR/postgres.log" 2>/dev/null || { touch "$LOG_DIR/postgres.log"; chown postgres:postgres "$RUN_DIR" "$LOG_DIR/postgres.log"; }
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$PG_HOME/postgres.log" -w -t 60 start >/dev/null \
+    || { tail -n 30 "$PG_HOME/postgres.log" >&2; die "postgres did not start"; }
+  ln -sf "$PG_HOME/postgres.log" "$LOG_DIR/postgres.log"
   started_here postgres
   wait_for postgres 60 env PGPASSWORD=shop "$PG_BIN/psql" -h 127.0.0.1 -U shop -d postgres -Atqc 'select 1'
   log "postgres: up on 127.0.0.1:5432 (data $data)"
 }
 
 down_postgres() {
-  [ -s "$STACK_DIR/postgres/postmaster.pid" ] || return 0
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$STACK_DIR/postgres" -m fast -w stop >/dev/null || true
+  pg_home
+  [ -s "$PG_HOME/data/postmaster.pid" ] || return 0
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -m fast -w stop >/dev/null || true
 }
 
 # ---------------------------------------------------------------- redis
@@ -289,7 +305,11 @@ cmd_reset() {
   local components=("$@")
   ((${#components[@]})) || components=("${ALL[@]}")
   for c in "${components[@]}"; do
-    case $c in postgres|redis|kafka|clickhouse|mongo) "down_$c"; rm -rf "${STACK_DIR:?}/$c" ;; *) die "unknown component $c" ;; esac
+    case $c in
+      postgres) down_postgres; rm -rf "${PG_HOME:?}" ;;
+      redis|kafka|clickhouse|mongo) "down_$c"; rm -rf "${STACK_DIR:?}/$c" ;;
+      *) die "unknown component $c" ;;
+    esac
     sed -i "/^$c\$/d" "$RUN_DIR/started" 2>/dev/null || true
   done
   log "reset: ${components[*]}"

@@ -105,7 +105,8 @@ pub async fn build(
     app.spawn(ingest.run(shutdown.clone()));
     let every = Duration::from_secs(settings.retention_interval_secs.max(1));
     app.spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        // First run one interval after start, not at once (a fresh service has nothing to expire).
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
