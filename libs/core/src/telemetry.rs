@@ -101,7 +101,32 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` until `shutdown` is cancelled.
+/// Details `/healthz` reports beside `"status": "ok"` (e.g. a projection's lag), by name.
+static HEALTH_DETAILS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Sets (or replaces) a detail shown by `GET /healthz`.
+pub fn set_health_detail(name: &str, value: serde_json::Value) {
+    if let Ok(mut d) = HEALTH_DETAILS.lock() {
+        d.insert(name.to_owned(), value);
+    }
+}
+
+/// The `/healthz` body: `{"status": "ok", ...details}`.
+pub fn health_report() -> serde_json::Value {
+    let mut report = serde_json::Map::new();
+    report.insert("status".into(), "ok".into());
+    if let Ok(d) = HEALTH_DETAILS.lock() {
+        for (k, v) in d.iter() {
+            report.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::Value::Object(report)
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` (JSON: status and details such as
+/// projection lag) until `shutdown` is cancelled.
 /// Returns the bound address (port 0 picks a free one).
 pub async fn serve_metrics(
     addr: SocketAddr,
@@ -110,7 +135,10 @@ pub async fn serve_metrics(
     let handle = prometheus();
     let app = Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/healthz", get(|| std::future::ready("ok")));
+        .route(
+            "/healthz",
+            get(|| std::future::ready(axum::Json(health_report()))),
+        );
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind metrics port {addr}"))?;

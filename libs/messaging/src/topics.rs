@@ -39,4 +39,5 @@ pub mod types {
     pub const ORDER_PLACED: &str = "order.placed";
     pub const ORDER_COMPLETED: &str = "order.completed";
     pub const ORDER_CANCELLED: &str = "order.cancelled";
+    pub const ORDER_SAGA_PROGRESSED: &str = "order.saga_progressed";
 }

@@ -6,9 +6,10 @@ use shop_core::{
     grpc::{page_size, uuid_field},
 };
 use shop_proto::order::{
-    CompensateSagaRequest, GetOrderRequest, GetSagaRequest, ListOrdersRequest, ListOrdersResponse,
-    ListSagasRequest, ListSagasResponse, Order, OrderStatus, PlaceOrderRequest, PlaceOrderResponse,
-    RetrySagaRequest, Saga, SagaState, SagaStep, order_service_server::OrderService,
+    CompensateSagaRequest, GetOrderAsOfRequest, GetOrderRequest, GetSagaRequest, ListOrdersRequest,
+    ListOrdersResponse, ListSagasRequest, ListSagasResponse, Order, OrderStatus, PlaceOrderRequest,
+    PlaceOrderResponse, RebuildReadModelsRequest, RebuildReadModelsResponse, RetrySagaRequest,
+    Saga, SagaState, SagaStep, get_order_as_of_request::AsOf, order_service_server::OrderService,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -18,19 +19,38 @@ use crate::{
     domain::{
         order::NewOrder,
         saga::{Event, State},
+        stream::{self, Line},
     },
-    repository::{self, OrderRow, SagaRow},
+    eventstore::Until,
+    orders::OrderStore,
+    projection::{self, SummaryRow},
+    repository::{self, SagaRow},
     saga::Orchestrator,
 };
 
 pub struct Orders {
     pool: PgPool,
     saga: Orchestrator,
+    /// How long `GetOrder` waits for the read model to reach `min_stream_version` before it
+    /// answers from the stream instead.
+    read_your_writes_wait: std::time::Duration,
 }
 
 impl Orders {
-    pub fn new(pool: PgPool, saga: Orchestrator) -> Self {
-        Self { pool, saga }
+    pub fn new(
+        pool: PgPool,
+        saga: Orchestrator,
+        read_your_writes_wait: std::time::Duration,
+    ) -> Self {
+        Self {
+            pool,
+            saga,
+            read_your_writes_wait,
+        }
+    }
+
+    fn store(&self) -> OrderStore {
+        self.saga.store
     }
 }
 
@@ -41,25 +61,57 @@ fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-fn order_proto(o: OrderRow) -> Order {
-    let status = match o.status.as_str() {
+fn status_proto(s: &str) -> OrderStatus {
+    match s {
         "COMPLETED" => OrderStatus::Completed,
         "CANCELLED" => OrderStatus::Cancelled,
         _ => OrderStatus::Pending,
+    }
+}
+
+/// An order from the read model.
+fn summary_proto(r: SummaryRow) -> Order {
+    let lines: Vec<Line> = serde_json::from_value(r.items).unwrap_or_default();
+    let placed = stream::Placed {
+        items: lines,
+        currency: r.currency.clone(),
+        ..Default::default()
     };
     Order {
-        order_id: o.order_id.to_string(),
-        tenant_id: o.tenant_id,
-        customer_id: o.customer_id,
-        items: o.items,
+        order_id: r.order_id.to_string(),
+        tenant_id: r.tenant_id,
+        customer_id: r.customer_id,
+        items: placed.line_items(),
         total: Some(shop_proto::common::Money {
-            amount_minor: o.total_minor,
-            currency: o.currency,
+            amount_minor: r.total_minor,
+            currency: r.currency,
         }),
-        status: status.into(),
-        cancel_reason: o.cancel_reason.unwrap_or_default(),
-        created_at: Some(ts(o.created_at)),
-        updated_at: Some(ts(o.updated_at)),
+        status: status_proto(&r.status).into(),
+        cancel_reason: r.cancel_reason.unwrap_or_default(),
+        created_at: Some(ts(r.placed_at)),
+        updated_at: Some(ts(r.updated_at)),
+        stream_version: u64::try_from(r.version).unwrap_or(0),
+        saga_state: State::parse(&r.saga_state)
+            .map_or(SagaState::Unspecified, state_proto)
+            .into(),
+    }
+}
+
+/// An order from its stream (the aggregate).
+fn aggregate_proto(o: &stream::Order) -> Order {
+    let placed = o.placed.clone().unwrap_or_default();
+    Order {
+        order_id: o.id.to_string(),
+        tenant_id: placed.tenant_id.clone(),
+        customer_id: placed.customer_id.clone(),
+        items: placed.line_items(),
+        total: Some(placed.total()),
+        status: status_proto(o.status().as_str()).into(),
+        cancel_reason: o.cancel_reason.clone().unwrap_or_default(),
+        created_at: o.placed_at.map(ts),
+        updated_at: o.updated_at.map(ts),
+        stream_version: o.version,
+        saga_state: state_proto(o.saga.state).into(),
     }
 }
 
@@ -88,24 +140,23 @@ fn state_from_proto(s: SagaState) -> Option<State> {
     })
 }
 
-fn saga_proto(row: SagaRow, steps: Vec<repository::StepRow>) -> Saga {
+fn saga_proto(row: SagaRow, order: Option<&stream::Order>) -> Saga {
     let stuck = row.deadline.is_some_and(|d| d < Utc::now());
+    let steps = order.map(|o| o.steps.clone()).unwrap_or_default();
     Saga {
         saga_id: row.saga_id.to_string(),
         order_id: row.saga_id.to_string(),
         state: state_proto(row.saga.state).into(),
         steps: steps
             .into_iter()
-            .map(
-                |(name, status, attempts, started, finished, error)| SagaStep {
-                    name,
-                    status,
-                    attempts: u32::try_from(attempts).unwrap_or(0),
-                    started_at: Some(ts(started)),
-                    finished_at: finished.map(ts),
-                    last_error: error.unwrap_or_default(),
-                },
-            )
+            .map(|s| SagaStep {
+                name: s.name,
+                status: s.status,
+                attempts: s.attempts,
+                started_at: Some(ts(s.started_at)),
+                finished_at: s.finished_at.map(ts),
+                last_error: s.last_error.unwrap_or_default(),
+            })
             .collect(),
         deadline: row.deadline.map(ts),
         stuck,
@@ -140,27 +191,42 @@ impl OrderService for Orders {
     ) -> Result<Response<PlaceOrderResponse>, Status> {
         let new = NewOrder::parse(request.get_ref())?;
         let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
-        let (order, created) = repository::insert_order(&mut tx, Uuid::now_v7(), &new)
-            .await
-            .map_err(ServiceError::from)?;
-        if !created && order.fingerprint != new.fingerprint {
+        let (id, fingerprint, created) = repository::claim_key(
+            &mut tx,
+            &new.tenant_id,
+            &new.idempotency_key,
+            Uuid::now_v7(),
+            &new.fingerprint,
+        )
+        .await
+        .map_err(ServiceError::from)?;
+        if !created && fingerprint != new.fingerprint {
             return Err(ServiceError::FailedPrecondition(
                 "idempotency_key was used before with a different request".into(),
             )
             .into());
         }
-        if created {
-            self.saga
-                .start(&mut tx, &order)
+        let order = if created {
+            let order = self
+                .saga
+                .start(&mut tx, id, &new)
                 .await
                 .map_err(ServiceError::from)?;
             metrics::counter!("orders_placed_total").increment(1);
-        }
+            order
+        } else {
+            // The key's first request committed its stream with the key: it is there.
+            self.store()
+                .load(&mut tx, id)
+                .await
+                .map_err(ServiceError::from)?
+                .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?
+        };
         tx.commit().await.map_err(ServiceError::from)?;
         Ok(Response::new(PlaceOrderResponse {
-            order: Some(order_proto(order)),
+            order: Some(aggregate_proto(&order)),
             created,
-            stream_version: 0,
+            stream_version: order.version,
         }))
     }
 
@@ -168,13 +234,35 @@ impl OrderService for Orders {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let id = uuid_field("order_id", &request.get_ref().order_id)?;
+        let r = request.get_ref();
+        let id = uuid_field("order_id", &r.order_id)?;
+        let min = r.min_stream_version;
+        let deadline = std::time::Instant::now() + self.read_your_writes_wait;
         let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
-        let order = repository::order(&mut conn, id)
+        loop {
+            let row = projection::summary(&mut conn, id)
+                .await
+                .map_err(ServiceError::from)?;
+            match row {
+                Some(row) if u64::try_from(row.version).unwrap_or(0) >= min => {
+                    return Ok(Response::new(summary_proto(row)));
+                }
+                // Behind the caller's own write (or not projected yet): wait a little.
+                _ if std::time::Instant::now() < deadline && min > 0 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                _ => break,
+            }
+        }
+        // The read model is behind: the stream is the truth, answer from it.
+        metrics::counter!("order_reads_from_stream_total").increment(1);
+        let order = self
+            .store()
+            .load(&mut conn, id)
             .await
             .map_err(ServiceError::from)?
             .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
-        Ok(Response::new(order_proto(order)))
+        Ok(Response::new(aggregate_proto(&order)))
     }
 
     async fn list_orders(
@@ -188,15 +276,16 @@ impl OrderService for Orders {
         let limit = page_size(page.page_size, 20, 200);
         let after = cursor("page.page_token", &page.page_token)?;
         let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
-        let rows = repository::orders_of(&mut conn, tenant, customer, after, i64::from(limit))
-            .await
-            .map_err(ServiceError::from)?;
+        let rows =
+            projection::customer_orders(&mut conn, tenant, customer, after, i64::from(limit))
+                .await
+                .map_err(ServiceError::from)?;
         let next_page_token = match rows.last() {
-            Some(o) if rows.len() == limit as usize => token(o.created_at, o.order_id),
+            Some(o) if rows.len() == limit as usize => token(o.placed_at, o.order_id),
             _ => String::new(),
         };
         Ok(Response::new(ListOrdersResponse {
-            orders: rows.into_iter().map(order_proto).collect(),
+            orders: rows.into_iter().map(summary_proto).collect(),
             next_page_token,
         }))
     }
@@ -208,10 +297,12 @@ impl OrderService for Orders {
             .await
             .map_err(ServiceError::from)?
             .ok_or_else(|| ServiceError::NotFound(format!("saga {id}")))?;
-        let steps = repository::steps(&mut conn, id)
+        let order = self
+            .store()
+            .load(&mut conn, id)
             .await
             .map_err(ServiceError::from)?;
-        Ok(Response::new(saga_proto(row, steps)))
+        Ok(Response::new(saga_proto(row, order.as_ref())))
     }
 
     async fn list_sagas(
@@ -232,7 +323,7 @@ impl OrderService for Orders {
             _ => String::new(),
         };
         Ok(Response::new(ListSagasResponse {
-            sagas: rows.into_iter().map(|s| saga_proto(s, vec![])).collect(),
+            sagas: rows.into_iter().map(|s| saga_proto(s, None)).collect(),
             next_page_token,
         }))
     }
@@ -257,6 +348,48 @@ impl OrderService for Orders {
         };
         self.intervene(id, Event::CompensateRequested(reason)).await
     }
+
+    async fn get_order_as_of(
+        &self,
+        request: Request<GetOrderAsOfRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let r = request.get_ref();
+        let id = uuid_field("order_id", &r.order_id)?;
+        let until = match &r.as_of {
+            Some(AsOf::Version(0)) => {
+                return Err(ServiceError::invalid("version", "must be 1 or more").into());
+            }
+            Some(AsOf::Version(v)) => Until::Version(*v),
+            Some(AsOf::At(t)) => Until::Time(
+                DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                    .ok_or_else(|| ServiceError::invalid("at", "is out of range"))?,
+            ),
+            None => return Err(ServiceError::invalid("as_of", "version or at is required").into()),
+        };
+        let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
+        let order = self
+            .store()
+            .load_replayed(&mut conn, id, until)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::NotFound(format!("order {id} at that point")))?;
+        Ok(Response::new(aggregate_proto(&order)))
+    }
+
+    async fn rebuild_read_models(
+        &self,
+        _request: Request<RebuildReadModelsRequest>,
+    ) -> Result<Response<RebuildReadModelsResponse>, Status> {
+        let r = projection::rebuild(&self.pool).await.map_err(|e| match e {
+            projection::RebuildError::Busy => ServiceError::FailedPrecondition(e.to_string()),
+            projection::RebuildError::Db(e) => ServiceError::from(e),
+        })?;
+        Ok(Response::new(RebuildReadModelsResponse {
+            generation: u32::try_from(r.generation).unwrap_or(0),
+            events_replayed: r.events,
+            duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
 }
 
 impl Orders {
@@ -267,12 +400,18 @@ impl Orders {
             .await
             .map_err(ServiceError::from)?
             .ok_or_else(|| ServiceError::NotFound(format!("saga {id}")))?;
+        let version_before = self
+            .store()
+            .load(&mut tx, id)
+            .await
+            .map_err(ServiceError::from)?
+            .map_or(0, |o| o.version);
         let after = self
             .saga
             .advance(&mut tx, id, &event, None)
             .await
             .map_err(ServiceError::from)?;
-        if after.as_ref() == Some(&before.saga) {
+        if after.as_ref().is_none_or(|o| o.version == version_before) {
             return Err(ServiceError::FailedPrecondition(format!(
                 "saga {id} is {} and cannot be {}",
                 before.saga.state.as_str(),
@@ -288,10 +427,7 @@ impl Orders {
             .await
             .map_err(ServiceError::from)?
             .ok_or(ServiceError::NotFound(id.to_string()))?;
-        let steps = repository::steps(&mut tx, id)
-            .await
-            .map_err(ServiceError::from)?;
         tx.commit().await.map_err(ServiceError::from)?;
-        Ok(Response::new(saga_proto(row, steps)))
+        Ok(Response::new(saga_proto(row, after.as_ref())))
     }
 }

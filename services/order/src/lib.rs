@@ -2,16 +2,29 @@
 //!
 //! Orders and the saga that carries each one through inventory, payment and shipping.
 //!
-//! - [`domain`]: a validated order; the saga's state machine (pure, property-tested).
-//! - [`repository`]: the SQL for orders, sagas and their step timeline.
-//! - [`saga`]: the orchestrator: transitions in one transaction with their outbox commands;
-//!   the reply handler; the timeout sweep.
-//! - [`grpc`]: `PlaceOrder` (idempotent on its key), `GetOrder`, `ListOrders`, and the saga
-//!   operations `GetSaga`, `ListSagas`, `RetrySaga`, `CompensateSaga`.
+//! Orders are event-sourced: each order is a stream of events in PostgreSQL, and everything
+//! else (the saga index, the read models, the Kafka events) is derived from it.
+//!
+//! - [`domain`]: a validated order; the saga's state machine (decide/evolve, property-tested);
+//!   the order's events, their upcasting, and the aggregate folded from them.
+//! - [`eventstore`]: append with an expected version (conflict = typed error), read, snapshots.
+//! - [`orders`]: an order loaded (snapshot + tail) and saved (snapshot every N events).
+//! - [`repository`]: idempotency keys and the saga index.
+//! - [`saga`]: the orchestrator: each transition appends to the order's stream, updates the saga
+//!   index and enqueues its commands and events in one transaction; the reply handler; the
+//!   timeout sweep.
+//! - [`projection`]: the CQRS read models (order summary, customer history), their checkpointed
+//!   projection, and the rebuild that swaps in a fresh generation without downtime.
+//! - [`grpc`]: `PlaceOrder` (idempotent on its key, returns the stream version), `GetOrder`
+//!   (read model, read-your-writes), `ListOrders`, `GetOrderAsOf`, `RebuildReadModels`, and the
+//!   saga operations `GetSaga`, `ListSagas`, `RetrySaga`, `CompensateSaga`.
 //! - [`build`]: the service, assembled.
 
 pub mod domain;
+pub mod eventstore;
 pub mod grpc;
+pub mod orders;
+pub mod projection;
 pub mod repository;
 pub mod saga;
 
@@ -69,12 +82,36 @@ impl SagaSettings {
     }
 }
 
+/// The event store and the read models.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventStoreSettings {
+    /// A snapshot whenever an order's stream crosses a multiple of this many events (0: never).
+    pub snapshot_every: u64,
+    /// How long `GetOrder` waits for the read model to reach the caller's `min_stream_version`
+    /// before answering from the stream.
+    pub read_your_writes_wait_ms: u64,
+    /// The projection wakes on every commit; this is its fallback poll.
+    pub projection_poll_ms: u64,
+}
+
+impl Default for EventStoreSettings {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 10,
+            read_your_writes_wait_ms: 1_000,
+            projection_poll_ms: 500,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
     #[serde(flatten)]
     pub service: PgServiceSettings,
     pub saga: SagaSettings,
+    pub event_store: EventStoreSettings,
 }
 
 /// Local-stack defaults: gRPC 50051, metrics 9101, database `shop_order`.
@@ -106,13 +143,18 @@ pub async fn build(
     let orchestrator = saga::Orchestrator {
         topics: topics.clone(),
         policy: settings.saga.policy(),
+        store: orders::OrderStore {
+            snapshot_every: settings.event_store.snapshot_every,
+        },
     };
+    let es = settings.event_store.clone();
     let (mut app, pool) = service::build(
         "order",
         s,
         Some(sqlx::migrate!()),
         shutdown.clone(),
         async |routes, health, pool| {
+            projection::init(&pool).await?;
             health
                 .set_serving::<OrderServiceServer<grpc::Orders>>()
                 .await;
@@ -120,6 +162,7 @@ pub async fn build(
                 routes.add_service(OrderServiceServer::new(grpc::Orders::new(
                     pool.clone(),
                     orchestrator.clone(),
+                    Duration::from_millis(es.read_your_writes_wait_ms),
                 ))),
             )
         },
@@ -140,6 +183,11 @@ pub async fn build(
         saga::Replies(orchestrator.clone()),
     )?;
     app.spawn(inbox.run(shutdown.clone()));
+    app.spawn(projection::run(
+        pool.clone(),
+        Duration::from_millis(settings.event_store.projection_poll_ms),
+        shutdown.clone(),
+    ));
     let sweep = Duration::from_millis(settings.saga.sweep_interval_ms);
     app.spawn(orchestrator.run_timeouts(pool, sweep, shutdown));
     Ok(app)

@@ -1,174 +1,44 @@
-//! The order service's SQL: orders, sagas and their step timeline. Functions take the caller's
-//! connection; the caller owns the transaction (and writes the outbox rows in it).
+//! The order service's SQL besides the event store: idempotency keys and the saga index (the
+//! saga's state, deadline and last error per order, kept in step with the stream in the same
+//! transaction, so the timeout sweep and `ListSagas` need no replay). Functions take the
+//! caller's connection; the caller owns the transaction.
 
 use chrono::{DateTime, Utc};
-use prost::Message;
-use shop_proto::common::{Address, LineItem};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{
-    order::NewOrder,
-    saga::{Saga, State, Step},
-};
+use crate::domain::saga::{Saga, State, Step};
 
-/// An order as stored.
-#[derive(Debug, Clone)]
-pub struct OrderRow {
-    pub order_id: Uuid,
-    pub tenant_id: String,
-    pub customer_id: String,
-    pub items: Vec<LineItem>,
-    pub shipping_address: Address,
-    pub total_minor: i64,
-    pub currency: String,
-    pub payment_account_id: String,
-    pub status: String,
-    pub cancel_reason: Option<String>,
-    pub fingerprint: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Items are stored as one encoded `PlaceOrderRequest`-shaped list.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Items {
-    #[prost(message, repeated, tag = "1")]
-    items: Vec<LineItem>,
-}
-
-const ORDER_COLUMNS: &str = "order_id, tenant_id, customer_id, items, shipping_address, total_minor, currency, \
-     payment_account_id, status, cancel_reason, fingerprint, created_at, updated_at";
-
-type Row = (
-    Uuid,
-    String,
-    String,
-    Vec<u8>,
-    Vec<u8>,
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
-
-fn order_from(r: Row) -> OrderRow {
-    OrderRow {
-        order_id: r.0,
-        tenant_id: r.1,
-        customer_id: r.2,
-        items: Items::decode(r.3.as_slice())
-            .map(|i| i.items)
-            .unwrap_or_default(),
-        shipping_address: Address::decode(r.4.as_slice()).unwrap_or_default(),
-        total_minor: r.5,
-        currency: r.6,
-        payment_account_id: r.7,
-        status: r.8,
-        cancel_reason: r.9,
-        fingerprint: r.10,
-        created_at: r.11,
-        updated_at: r.12,
-    }
-}
-
-/// Inserts the order unless its idempotency key was used before; returns the order stored under
-/// the key and whether it was inserted now.
-pub async fn insert_order(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    o: &NewOrder,
-) -> Result<(OrderRow, bool), sqlx::Error> {
-    let inserted: Option<Row> = sqlx::query_as(&format!(
-        "INSERT INTO orders (order_id, tenant_id, idempotency_key, fingerprint, customer_id, items, shipping_address,
-                             total_minor, currency, payment_account_id, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'PENDING')
-         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-         RETURNING {ORDER_COLUMNS}"
-    ))
-    .bind(order_id)
-    .bind(&o.tenant_id)
-    .bind(&o.idempotency_key)
-    .bind(&o.fingerprint)
-    .bind(&o.customer_id)
-    .bind(Items { items: o.items.clone() }.encode_to_vec())
-    .bind(o.shipping_address.encode_to_vec())
-    .bind(o.total.amount_minor)
-    .bind(&o.total.currency)
-    .bind(&o.payment_account_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(row) = inserted {
-        return Ok((order_from(row), true));
-    }
-    let existing: Row = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE tenant_id = $1 AND idempotency_key = $2"
-    ))
-    .bind(&o.tenant_id)
-    .bind(&o.idempotency_key)
-    .fetch_one(conn)
-    .await?;
-    Ok((order_from(existing), false))
-}
-
-pub async fn order(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<Option<OrderRow>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1"
-    ))
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(order_from))
-}
-
-/// A page of a customer's orders, newest first, after the cursor `(created_at, order_id)`.
-pub async fn orders_of(
+/// Records `key` for `order_id` unless it was used before; returns the order stored under the
+/// key, its request fingerprint, and whether it was recorded now.
+pub async fn claim_key(
     conn: &mut PgConnection,
     tenant: &str,
-    customer: &str,
-    after: Option<(DateTime<Utc>, Uuid)>,
-    limit: i64,
-) -> Result<Vec<OrderRow>, sqlx::Error> {
-    // Bounds PostgreSQL can represent (chrono's MIN/MAX_UTC are outside its range).
-    let far_future = DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or_default(); // 9999-12-31
-    let (at, id) = after.unwrap_or((far_future, Uuid::max()));
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders
-         WHERE tenant_id = $1 AND customer_id = $2 AND (created_at, order_id) < ($3, $4)
-         ORDER BY created_at DESC, order_id DESC LIMIT $5"
-    ))
-    .bind(tenant)
-    .bind(customer)
-    .bind(at)
-    .bind(id)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(order_from).collect())
-}
-
-pub async fn finish_order(
-    conn: &mut PgConnection,
+    key: &str,
     order_id: Uuid,
-    status: &str,
-    reason: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE orders SET status = $2, cancel_reason = $3, updated_at = now() WHERE order_id = $1",
+    fingerprint: &str,
+) -> Result<(Uuid, String, bool), sqlx::Error> {
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO order_keys (tenant_id, idempotency_key, order_id, fingerprint) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING order_id",
     )
+    .bind(tenant)
+    .bind(key)
     .bind(order_id)
-    .bind(status)
-    .bind(reason)
-    .execute(conn)
+    .bind(fingerprint)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(())
+    if let Some(id) = inserted {
+        return Ok((id, fingerprint.to_owned(), true));
+    }
+    let (id, fp): (Uuid, String) = sqlx::query_as(
+        "SELECT order_id, fingerprint FROM order_keys WHERE tenant_id = $1 AND idempotency_key = $2",
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_one(conn)
+    .await?;
+    Ok((id, fp, false))
 }
 
 // ---- sagas ----
@@ -314,64 +184,4 @@ pub async fn sagas(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(saga_from).collect())
-}
-
-/// A step (or compensation) was sent: record it running with its attempt count.
-pub async fn step_sent(
-    conn: &mut PgConnection,
-    id: Uuid,
-    step: &str,
-    attempts: u32,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO saga_step (saga_id, step, status, attempts) VALUES ($1, $2, 'running', $3)
-         ON CONFLICT (saga_id, step) DO UPDATE SET status = 'running', attempts = EXCLUDED.attempts",
-    )
-    .bind(id)
-    .bind(step)
-    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-pub async fn step_status(
-    conn: &mut PgConnection,
-    id: Uuid,
-    step: &str,
-    status: &str,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE saga_step SET status = $3, last_error = COALESCE($4, last_error),
-                finished_at = CASE WHEN $3 IN ('done', 'failed', 'timed_out', 'aborted') THEN now() ELSE finished_at END
-         WHERE saga_id = $1 AND step = $2",
-    )
-    .bind(id)
-    .bind(step)
-    .bind(status)
-    .bind(error)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// (step, status, attempts, started_at, finished_at, last_error), in the order they started.
-pub type StepRow = (
-    String,
-    String,
-    i32,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-);
-
-pub async fn steps(conn: &mut PgConnection, id: Uuid) -> Result<Vec<StepRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT step, status, attempts, started_at, finished_at, last_error FROM saga_step
-         WHERE saga_id = $1 ORDER BY started_at, step",
-    )
-    .bind(id)
-    .fetch_all(conn)
-    .await
 }

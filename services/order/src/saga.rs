@@ -23,21 +23,24 @@ use shop_messaging::{
     outbox,
     topics::{self, types},
 };
-use shop_proto::{
-    common::Money,
-    events::{
-        CancelShipment, ChargePayment, CommitStock, CreateShipment, OrderCancelled, OrderCompleted,
-        OrderPlaced, PaymentDeclined, RefundPayment, ReleaseStock, ReserveStock, ShipmentRefused,
-        StockReservationFailed,
-    },
+use shop_proto::events::{
+    CancelShipment, ChargePayment, CommitStock, CreateShipment, OrderCancelled, OrderCompleted,
+    OrderPlaced, OrderSagaProgressed, PaymentDeclined, RefundPayment, ReleaseStock, ReserveStock,
+    ShipmentRefused, StockReservationFailed,
 };
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    domain::saga::{Command, Event, Policy, Saga, State, Step},
-    repository::{self, OrderRow},
+    domain::{
+        order::NewOrder,
+        saga::{Command, Event, Policy, Saga, SagaEvent, Step},
+        stream::{Order, OrderEvent, Placed},
+    },
+    eventstore::Recorded,
+    orders::{Meta, OrderStore, StoreError},
+    repository,
 };
 
 /// Topic names with the deployment's prefix.
@@ -82,97 +85,170 @@ impl Topics {
 pub struct Orchestrator {
     pub topics: Topics,
     pub policy: Policy,
+    pub store: OrderStore,
 }
 
+/// How many times a transition reloads and decides again after losing an append race.
+const CONFLICT_RETRIES: usize = 5;
+
 impl Orchestrator {
-    /// Starts the saga of a just-inserted order: `order.placed` and the first command.
+    /// Opens the stream of a new order (`order_placed`, version 1), indexes its saga, and
+    /// enqueues `order.placed` and the first command, all in the caller's transaction.
     pub async fn start(
         &self,
         conn: &mut PgConnection,
-        order: &OrderRow,
-    ) -> Result<(), sqlx::Error> {
-        let (saga, first) = Saga::start();
-        repository::insert_saga(conn, order.order_id, &saga, Some(self.deadline(&saga))).await?;
-        let placed = OrderPlaced {
-            order_id: order.order_id.to_string(),
-            customer_id: order.customer_id.clone(),
-            items: order.items.clone(),
-            total: Some(total(order)),
-            shipping_address: Some(order.shipping_address.clone()),
-            payment_account_id: order.payment_account_id.clone(),
+        id: Uuid,
+        new: &NewOrder,
+    ) -> Result<Order, StoreError> {
+        let mut order = Order::new(id);
+        let meta = Meta {
+            tenant_id: new.tenant_id.clone(),
+            correlation_id: id.to_string(),
+            causation_id: None,
         };
-        let placed = NewEvent::new(
-            &self.topics.order_events,
-            types::ORDER_PLACED,
-            "order",
-            order.order_id.to_string(),
-            &placed,
-        )
-        .tenant(&order.tenant_id)
-        .correlation(order.order_id.to_string());
-        let command = self.command(order, first).caused_by(&placed.envelope);
-        repository::step_sent(conn, order.order_id, step_name(first), saga.attempts).await?;
-        outbox::enqueue_all(conn, &[placed, command]).await
+        self.store
+            .append(
+                conn,
+                &mut order,
+                &[OrderEvent::Placed(Placed::from_new(new))],
+                &meta,
+            )
+            .await?;
+        repository::insert_saga(conn, id, &order.saga, Some(self.deadline(&order.saga))).await?;
+        let placed = order.placed.clone().ok_or(sqlx::Error::RowNotFound)?;
+        let event = OrderPlaced {
+            order_id: id.to_string(),
+            customer_id: placed.customer_id.clone(),
+            items: placed.line_items(),
+            total: Some(placed.total()),
+            shipping_address: Some(placed.address()),
+            payment_account_id: placed.payment_account_id.clone(),
+        };
+        let event = self.order_event(&order, types::ORDER_PLACED, &event);
+        let mut out = vec![event];
+        if let Some(first) = order.saga.in_flight() {
+            let command = self.command(&order, first).caused_by(&out[0].envelope);
+            out.push(command);
+        }
+        outbox::enqueue_all(conn, &out).await?;
+        Ok(order)
     }
 
-    /// Applies `event` to saga `id` in the caller's transaction. Returns the new state, or None
-    /// when the saga does not exist (an event about someone else's order).
+    /// Applies `event` to order `id`'s saga in the caller's transaction: load the order from
+    /// its stream, decide, append the facts (optimistically, at the version loaded), update the
+    /// saga index and enqueue the commands and integration events. Returns the order after it,
+    /// or None when there is no such order (an event about someone else's order).
+    ///
+    /// The saga index row is locked first, so the reply consumer, the timeout sweep and an
+    /// operator queue up on one order instead of deadlocking; the append's expected version is
+    /// the safety net, and a conflict (a writer that did not take the lock) reloads and decides
+    /// again.
     pub async fn advance(
         &self,
         conn: &mut PgConnection,
         id: Uuid,
         event: &Event,
         cause: Option<&EventEnvelope>,
-    ) -> Result<Option<Saga>, sqlx::Error> {
-        let Some(row) = repository::lock_saga(conn, id).await? else {
+    ) -> Result<Option<Order>, StoreError> {
+        if repository::lock_saga(conn, id).await?.is_none() {
             return Ok(None);
+        }
+        let mut tries = 0;
+        let (order, appended) = loop {
+            let Some(mut order) = self.store.load(conn, id).await? else {
+                return Ok(None);
+            };
+            let Some(fact) = order.saga.decide(event, &self.policy) else {
+                tracing::debug!(saga = %id, state = order.saga.state.as_str(), ?event, "event does not fit the saga's state, ignored");
+                return Ok(Some(order));
+            };
+            let events = order.events_for(fact);
+            let placed = order.placed.clone().unwrap_or_default();
+            let meta = Meta {
+                tenant_id: placed.tenant_id,
+                correlation_id: id.to_string(),
+                causation_id: cause.map(|c| c.event_id.clone()),
+            };
+            match self.store.append(conn, &mut order, &events, &meta).await {
+                Ok(recorded) => {
+                    break (order, events.into_iter().zip(recorded).collect::<Vec<_>>());
+                }
+                Err(StoreError::Conflict(e)) if tries < CONFLICT_RETRIES => {
+                    tries += 1;
+                    tracing::debug!(saga = %id, error = %e, "append conflict, reloading");
+                }
+                Err(e) => return Err(e),
+            }
         };
-        let t = row.saga.apply(event, &self.policy);
-        if !t.changed {
-            tracing::debug!(saga = %id, state = row.saga.state.as_str(), ?event, "event does not fit the saga's state, ignored");
-            return Ok(Some(row.saga));
-        }
-        let order = repository::order(conn, id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
         // Every state but the terminal ones has a command in flight, and so a deadline.
-        let deadline = (!t.saga.state.is_terminal()).then(|| self.deadline(&t.saga));
-        let error = t.step_update.as_ref().and_then(|(_, _, e)| e.clone());
-        repository::save_saga(conn, id, &t.saga, deadline, error.as_deref()).await?;
-        if let Some((step, status, error)) = &t.step_update {
-            repository::step_status(conn, id, step, status, error.as_deref()).await?;
-        }
-        let mut events = Vec::new();
-        for command in t.commands {
-            repository::step_sent(conn, id, step_name(command), t.saga.attempts).await?;
+        let deadline = (!order.saga.state.is_terminal()).then(|| self.deadline(&order.saga));
+        repository::save_saga(conn, id, &order.saga, deadline, order.last_error.as_deref()).await?;
+        let mut out = Vec::new();
+        if let Some(command) = order.saga.in_flight() {
             let mut e = self.command(&order, command);
             if let Some(cause) = cause {
                 e = e.caused_by(cause);
             }
-            events.push(e);
+            out.push(e);
         }
-        match t.saga.state {
-            State::Completed => {
-                repository::finish_order(conn, id, "COMPLETED", None).await?;
+        for (e, recorded) in &appended {
+            out.push(self.integration_event(&order, e, recorded));
+        }
+        outbox::enqueue_all(conn, &out).await?;
+        Ok(Some(order))
+    }
+
+    /// The Kafka message that publishes one stream event on `shop.order.events`.
+    fn integration_event(&self, order: &Order, e: &OrderEvent, r: &Recorded) -> NewEvent {
+        let id = order.id.to_string();
+        match e {
+            OrderEvent::Completed => {
                 let done = OrderCompleted {
-                    order_id: id.to_string(),
-                    total: Some(total(&order)),
+                    order_id: id,
+                    total: order.placed.as_ref().map(Placed::total),
                 };
-                events.push(self.order_event(&order, types::ORDER_COMPLETED, &done));
+                self.order_event(order, types::ORDER_COMPLETED, &done)
             }
-            State::Cancelled => {
-                let reason = t.saga.reason.clone().unwrap_or_default();
-                repository::finish_order(conn, id, "CANCELLED", Some(&reason)).await?;
+            OrderEvent::Cancelled { reason } => {
                 let cancelled = OrderCancelled {
-                    order_id: id.to_string(),
+                    order_id: id,
+                    reason: reason.clone(),
+                };
+                self.order_event(order, types::ORDER_CANCELLED, &cancelled)
+            }
+            OrderEvent::Saga(fact) => {
+                let (step, reason) = match fact {
+                    SagaEvent::StepDone { step } => (step.name().to_owned(), String::new()),
+                    SagaEvent::Retried { cause, .. } => (
+                        order
+                            .in_flight_step()
+                            .map(|s| s.name())
+                            .unwrap_or_default()
+                            .to_owned(),
+                        cause.clone(),
+                    ),
+                    SagaEvent::CompensationStarted { step, reason, .. } => {
+                        (step.name().to_owned(), reason.clone())
+                    }
+                    SagaEvent::Compensated { step } => {
+                        (step.compensation_name().to_owned(), String::new())
+                    }
+                };
+                let progressed = OrderSagaProgressed {
+                    order_id: id,
+                    stream_version: u64::try_from(r.version).unwrap_or(0),
+                    fact: r.event_type.clone(),
+                    step,
+                    saga_state: order.saga.state.as_str().to_owned(),
                     reason,
                 };
-                events.push(self.order_event(&order, types::ORDER_CANCELLED, &cancelled));
+                self.order_event(order, types::ORDER_SAGA_PROGRESSED, &progressed)
             }
-            _ => {}
+            // Only `start` appends `order_placed`, and it publishes it itself.
+            OrderEvent::Placed(_) => {
+                self.order_event(order, types::ORDER_PLACED, &OrderPlaced::default())
+            }
         }
-        outbox::enqueue_all(conn, &events).await?;
-        Ok(Some(t.saga))
     }
 
     fn deadline(&self, saga: &Saga) -> chrono::DateTime<Utc> {
@@ -184,7 +260,7 @@ impl Orchestrator {
 
     fn order_event(
         &self,
-        order: &OrderRow,
+        order: &Order,
         event_type: &str,
         payload: &impl prost::Message,
     ) -> NewEvent {
@@ -192,22 +268,23 @@ impl Orchestrator {
             &self.topics.order_events,
             event_type,
             "order",
-            order.order_id.to_string(),
+            order.id.to_string(),
             payload,
         )
-        .tenant(&order.tenant_id)
-        .correlation(order.order_id.to_string())
+        .tenant(tenant(order))
+        .correlation(order.id.to_string())
     }
 
     /// The message that carries `command` for `order`.
-    fn command(&self, order: &OrderRow, command: Command) -> NewEvent {
-        let id = order.order_id.to_string();
+    fn command(&self, order: &Order, command: Command) -> NewEvent {
+        let id = order.id.to_string();
         let t = &self.topics;
+        let placed = order.placed.clone().unwrap_or_default();
         let event = match command {
             Command::Do(Step::Reserve) => {
                 let c = ReserveStock {
                     order_id: id.clone(),
-                    items: order.items.clone(),
+                    items: placed.line_items(),
                 };
                 NewEvent::new(
                     &t.inventory_commands,
@@ -220,16 +297,16 @@ impl Orchestrator {
             Command::Do(Step::Charge) => {
                 let c = ChargePayment {
                     order_id: id.clone(),
-                    account_id: order.payment_account_id.clone(),
-                    amount: Some(total(order)),
+                    account_id: placed.payment_account_id.clone(),
+                    amount: Some(placed.total()),
                 };
                 NewEvent::new(&t.payment_commands, types::CHARGE_PAYMENT, "order", &id, &c)
             }
             Command::Do(Step::Ship) => {
                 let c = CreateShipment {
                     order_id: id.clone(),
-                    address: Some(order.shipping_address.clone()),
-                    items: order.items.clone(),
+                    address: Some(placed.address()),
+                    items: placed.line_items(),
                 };
                 NewEvent::new(
                     &t.shipping_commands,
@@ -276,7 +353,7 @@ impl Orchestrator {
                 )
             }
         };
-        event.tenant(&order.tenant_id).correlation(&id)
+        event.tenant(&placed.tenant_id).correlation(&id)
     }
 
     /// Feeds `TimedOut` to every saga past its deadline, every `tick`, until `shutdown`.
@@ -328,18 +405,12 @@ impl Orchestrator {
     }
 }
 
-fn step_name(command: Command) -> &'static str {
-    match command {
-        Command::Do(s) => s.name(),
-        Command::Undo(s) => s.compensation_name(),
-    }
-}
-
-fn total(order: &OrderRow) -> Money {
-    Money {
-        amount_minor: order.total_minor,
-        currency: order.currency.clone(),
-    }
+fn tenant(order: &Order) -> String {
+    order
+        .placed
+        .as_ref()
+        .map(|p| p.tenant_id.clone())
+        .unwrap_or_default()
 }
 
 /// The inbox handler for the participants' events: maps each reply to a saga [`Event`].
@@ -373,10 +444,10 @@ impl Handler for Replies {
             return Ok(()); // not one of our orders
         };
         let before = std::time::Instant::now();
-        if let Some(saga) = self.0.advance(conn, id, &event, Some(e)).await? {
+        if let Some(order) = self.0.advance(conn, id, &event, Some(e)).await? {
             metrics::histogram!("saga_step_apply_seconds").record(before.elapsed().as_secs_f64());
-            if saga.state.is_terminal() {
-                metrics::counter!("sagas_finished_total", "state" => saga.state.as_str())
+            if order.saga.state.is_terminal() {
+                metrics::counter!("sagas_finished_total", "state" => order.saga.state.as_str())
                     .increment(1);
             }
         }

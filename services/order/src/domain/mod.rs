@@ -1,7 +1,9 @@
 //! The order service's domain: no I/O.
 //!
 //! - [`order`]: a validated order (lines, total in minor units, address, account).
-//! - [`saga`]: the order saga's state machine.
+//! - [`saga`]: the order saga's state machine: decide (event -> fact), evolve (fact -> state).
+//! - [`stream`]: the order's event stream (encoding, upcasting) and the aggregate folded from it.
 
 pub mod order;
 pub mod saga;
+pub mod stream;

@@ -18,8 +18,11 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// A forward step and, in reverse, its compensation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Step {
     Reserve,
     Charge,
@@ -52,18 +55,10 @@ impl Step {
     pub fn parse(name: &str) -> Option<Self> {
         Self::FORWARD.into_iter().find(|s| s.name() == name)
     }
-
-    fn next(self) -> Option<Step> {
-        match self {
-            Self::Reserve => Some(Self::Charge),
-            Self::Charge => Some(Self::Ship),
-            Self::Ship => Some(Self::Commit),
-            Self::Commit => None,
-        }
-    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {
     Started,
     InventoryReserved,
@@ -171,7 +166,7 @@ impl Policy {
 }
 
 /// What the saga is doing now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Saga {
     pub state: State,
     /// While compensating: compensations still to run, next first (reverse order of the steps).
@@ -206,16 +201,56 @@ pub enum Event {
     RetryRequested,
 }
 
+/// A fact the saga records on the order's event stream: the decision taken on an [`Event`].
+/// Replaying these with [`Saga::evolve`] rebuilds the saga exactly, whatever the policy is by
+/// then (a timeout records whether it was retried or gave up, not just that it happened).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaEvent {
+    /// The forward step in flight succeeded; the next one is sent.
+    StepDone { step: Step },
+    /// The command in flight is sent again: `attempt` is its try number now.
+    Retried { attempt: u32, cause: String },
+    /// Going forward stopped at `step` (`outcome`: failed, timed_out or aborted). `undo` are the
+    /// compensations to run, next first; none means cancelled at once.
+    CompensationStarted {
+        step: Step,
+        outcome: String,
+        reason: String,
+        undo: Vec<Step>,
+    },
+    /// The participant undid `step`.
+    Compensated { step: Step },
+}
+
 /// The outcome of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub saga: Saga,
+    /// The facts to record (empty when the event did not fit: a duplicate or a late reply).
+    pub events: Vec<SagaEvent>,
     /// To send now (the saga waits for each answer before the next).
     pub commands: Vec<Command>,
-    /// A step's timeline entry to record: (step name, status, error).
-    pub step_update: Option<(&'static str, &'static str, Option<String>)>,
-    /// False when the event did not fit (duplicate or late): nothing to persist.
-    pub changed: bool,
+}
+
+impl SagaEvent {
+    /// The saga state this fact leads to, when the fact alone tells it (a retry keeps the
+    /// state; a compensation answered keeps COMPENSATING unless it was the last, which the
+    /// order's own `order_cancelled` event then says). Read models use it without a fold.
+    pub fn state_after(&self) -> Option<State> {
+        match self {
+            Self::StepDone { step } => Some(State::after(*step)),
+            Self::CompensationStarted { undo, .. } if undo.is_empty() => Some(State::Cancelled),
+            Self::CompensationStarted { .. } => Some(State::Compensating),
+            Self::Retried { .. } | Self::Compensated { .. } => None,
+        }
+    }
+}
+
+impl Transition {
+    pub fn changed(&self) -> bool {
+        !self.events.is_empty()
+    }
 }
 
 impl Saga {
@@ -247,191 +282,140 @@ impl Saga {
         }
     }
 
-    fn unchanged(&self) -> Transition {
+    /// Applies `event`: decides what it means ([`Saga::decide`]), then evolves by that decision.
+    pub fn apply(&self, event: &Event, policy: &Policy) -> Transition {
+        let Some(fact) = self.decide(event, policy) else {
+            return Transition {
+                saga: self.clone(),
+                events: vec![],
+                commands: vec![],
+            };
+        };
+        let saga = self.evolve(&fact);
         Transition {
-            saga: self.clone(),
-            commands: vec![],
-            step_update: None,
-            changed: false,
+            // Every change leaves at most one command in flight, and it is sent now.
+            commands: saga.in_flight().into_iter().collect(),
+            saga,
+            events: vec![fact],
         }
     }
 
-    /// Applies `event`; see the module docs.
-    pub fn apply(&self, event: &Event, policy: &Policy) -> Transition {
+    /// The state after a recorded fact. Pure and total: replaying a stream never fails.
+    pub fn evolve(&self, fact: &SagaEvent) -> Saga {
+        match fact {
+            SagaEvent::StepDone { step } => Saga {
+                state: State::after(*step),
+                to_compensate: vec![],
+                attempts: 1,
+                reason: None,
+            },
+            SagaEvent::Retried { attempt, .. } => Saga {
+                attempts: *attempt,
+                ..self.clone()
+            },
+            SagaEvent::CompensationStarted { reason, undo, .. } => Saga {
+                state: if undo.is_empty() {
+                    State::Cancelled
+                } else {
+                    State::Compensating
+                },
+                attempts: u32::from(!undo.is_empty()),
+                to_compensate: undo.clone(),
+                reason: Some(reason.clone()),
+            },
+            SagaEvent::Compensated { .. } => {
+                let rest = self.to_compensate.get(1..).unwrap_or_default().to_vec();
+                Saga {
+                    state: if rest.is_empty() {
+                        State::Cancelled
+                    } else {
+                        State::Compensating
+                    },
+                    attempts: u32::from(!rest.is_empty()),
+                    to_compensate: rest,
+                    reason: self.reason.clone(),
+                }
+            }
+        }
+    }
+
+    /// What `event` means in this state: the fact to record, or None when it does not fit.
+    pub fn decide(&self, event: &Event, policy: &Policy) -> Option<SagaEvent> {
         match (self.state, event) {
-            (s, _) if s.is_terminal() => self.unchanged(),
+            (s, _) if s.is_terminal() => None,
 
             // Forward progress.
             (s, Event::Succeeded(step)) if s.step() == Some(*step) => {
-                let state = State::after(*step);
-                let saga = Saga {
-                    state,
-                    to_compensate: vec![],
-                    attempts: 1,
-                    reason: None,
-                };
-                Transition {
-                    commands: step.next().map(Command::Do).into_iter().collect(),
-                    step_update: Some((step.name(), "done", None)),
-                    saga,
-                    changed: true,
-                }
+                Some(SagaEvent::StepDone { step: *step })
             }
             // Refused: the step did nothing, undo the ones before it.
-            (s, Event::Failed(step, reason)) if s.step() == Some(*step) => self.compensate(
-                done_before(*step),
-                reason.clone(),
-                Some((step.name(), "failed", Some(reason.clone()))),
-            ),
+            (s, Event::Failed(step, reason)) if s.step() == Some(*step) => {
+                Some(SagaEvent::CompensationStarted {
+                    step: *step,
+                    outcome: "failed".into(),
+                    reason: reason.clone(),
+                    undo: done_before(*step),
+                })
+            }
             (s, Event::TimedOut) if s.step().is_some() => {
-                let step = s.step().unwrap_or(Step::Reserve);
+                let step = s.step()?;
                 let p = policy.for_step(step);
                 if step == Step::Commit || self.attempts < p.max_attempts {
                     // Resend; Commit cannot fail, so it is retried without limit.
-                    let saga = Saga {
-                        attempts: self.attempts + 1,
-                        ..self.clone()
-                    };
-                    let note = Some((
-                        step.name(),
-                        "retrying",
-                        Some(format!("timed out, try {}", saga.attempts)),
-                    ));
-                    return Transition {
-                        saga,
-                        commands: vec![Command::Do(step)],
-                        step_update: note,
-                        changed: true,
-                    };
+                    return Some(SagaEvent::Retried {
+                        attempt: self.attempts + 1,
+                        cause: "timed out".into(),
+                    });
                 }
                 // Out of tries: the step may or may not have happened. The steps done are undone
                 // first, in reverse, so money and stock are not held hostage by the participant
                 // that is not answering; the timed-out step's compensation comes last (answered
                 // and remembered even if the step never happened) and is awaited too, so
                 // CANCELLED always means everything is settled.
-                let reason = format!("{} timed out after {} tries", step.name(), self.attempts);
-                let note = Some((step.name(), "timed_out", Some(reason.clone())));
                 let mut undo = done_before(step);
                 undo.push(step);
-                self.compensate(undo, reason, note)
+                Some(SagaEvent::CompensationStarted {
+                    step,
+                    outcome: "timed_out".into(),
+                    reason: format!("{} timed out after {} tries", step.name(), self.attempts),
+                    undo,
+                })
             }
             (s, Event::CompensateRequested(reason))
                 if s.step().is_some() && s != State::ShipmentCreated =>
             {
-                let step = s.step().unwrap_or(Step::Reserve);
-                let note = Some((step.name(), "aborted", Some(reason.clone())));
+                let step = s.step()?;
                 let mut undo = done_before(step);
                 undo.push(step);
-                self.compensate(undo, reason.clone(), note)
+                Some(SagaEvent::CompensationStarted {
+                    step,
+                    outcome: "aborted".into(),
+                    reason: reason.clone(),
+                    undo,
+                })
             }
 
             // Compensation.
             (State::Compensating, Event::Compensated(step))
                 if self.to_compensate.first() == Some(step) =>
             {
-                let rest = self.to_compensate[1..].to_vec();
-                let update = Some((step.compensation_name(), "done", None));
-                if rest.is_empty() {
-                    let saga = Saga {
-                        state: State::Cancelled,
-                        to_compensate: rest,
-                        attempts: 0,
-                        reason: self.reason.clone(),
-                    };
-                    Transition {
-                        saga,
-                        commands: vec![],
-                        step_update: update,
-                        changed: true,
-                    }
-                } else {
-                    let next = rest[0];
-                    let saga = Saga {
-                        state: State::Compensating,
-                        to_compensate: rest,
-                        attempts: 1,
-                        reason: self.reason.clone(),
-                    };
-                    Transition {
-                        saga,
-                        commands: vec![Command::Undo(next)],
-                        step_update: update,
-                        changed: true,
-                    }
-                }
+                Some(SagaEvent::Compensated { step: *step })
             }
-            (State::Compensating, Event::TimedOut) => match self.to_compensate.first() {
-                Some(step) => {
-                    let saga = Saga {
-                        attempts: self.attempts + 1,
-                        ..self.clone()
-                    };
-                    let note = Some((
-                        step.compensation_name(),
-                        "retrying",
-                        Some(format!("timed out, try {}", saga.attempts)),
-                    ));
-                    Transition {
-                        saga,
-                        commands: vec![Command::Undo(*step)],
-                        step_update: note,
-                        changed: true,
-                    }
-                }
-                None => self.unchanged(),
-            },
+            (State::Compensating, Event::TimedOut) if !self.to_compensate.is_empty() => {
+                Some(SagaEvent::Retried {
+                    attempt: self.attempts + 1,
+                    cause: "timed out".into(),
+                })
+            }
 
             // An operator's retry: resend what is in flight, with a fresh deadline.
-            (_, Event::RetryRequested) => match self.in_flight() {
-                Some(command) => {
-                    let saga = Saga {
-                        attempts: self.attempts + 1,
-                        ..self.clone()
-                    };
-                    Transition {
-                        saga,
-                        commands: vec![command],
-                        step_update: None,
-                        changed: true,
-                    }
-                }
-                None => self.unchanged(),
-            },
+            (_, Event::RetryRequested) if self.in_flight().is_some() => Some(SagaEvent::Retried {
+                attempt: self.attempts + 1,
+                cause: "retried by an operator".into(),
+            }),
 
             // Duplicates, late replies after a timeout, replies to another state: ignored.
-            _ => self.unchanged(),
-        }
-    }
-
-    fn compensate(
-        &self,
-        undo: Vec<Step>,
-        reason: String,
-        step_update: Option<(&'static str, &'static str, Option<String>)>,
-    ) -> Transition {
-        match undo.first() {
-            None => Transition {
-                saga: Saga {
-                    state: State::Cancelled,
-                    to_compensate: vec![],
-                    attempts: 0,
-                    reason: Some(reason),
-                },
-                commands: vec![],
-                step_update,
-                changed: true,
-            },
-            Some(first) => Transition {
-                commands: vec![Command::Undo(*first)],
-                saga: Saga {
-                    state: State::Compensating,
-                    to_compensate: undo,
-                    attempts: 1,
-                    reason: Some(reason),
-                },
-                step_update,
-                changed: true,
-            },
+            _ => None,
         }
     }
 }
@@ -547,7 +531,7 @@ mod tests {
         let (saga, _) = run(&[Succeeded(Reserve), TimedOut, TimedOut]); // compensating charge
         assert_eq!(saga.state, State::Compensating);
         let late = saga.apply(&Succeeded(Charge), &policy);
-        assert!(!late.changed && late.commands.is_empty());
+        assert!(!late.changed() && late.commands.is_empty());
         let (done, _) = run(&[
             Succeeded(Reserve),
             Succeeded(Charge),
@@ -555,10 +539,10 @@ mod tests {
             Succeeded(Commit),
         ]);
         assert!(
-            !done.apply(&Failed(Ship, "x".into()), &policy).changed,
+            !done.apply(&Failed(Ship, "x".into()), &policy).changed(),
             "terminal states absorb"
         );
-        assert!(!done.apply(&Succeeded(Reserve), &policy).changed);
+        assert!(!done.apply(&Succeeded(Reserve), &policy).changed());
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -584,14 +568,14 @@ mod tests {
             let mut undone: Vec<Step> = vec![];
             for e in &events {
                 let t = saga.apply(e, &policy);
-                if t.changed {
+                if t.changed() {
                     match e {
                         Succeeded(s) => done.push(*s),
                         Compensated(s) => undone.push(*s),
                         _ => {}
                     }
                 }
-                if saga.state.is_terminal() { prop_assert!(!t.changed); }
+                if saga.state.is_terminal() { prop_assert!(!t.changed()); }
                 saga = t.saga;
             }
             match saga.state {

@@ -81,6 +81,12 @@ pub async fn spawn_platform(saga: SagaSettings, run: Run) -> Platform {
     let order_settings = shop_order::Settings {
         service: with_db(&base, "order"),
         saga,
+        event_store: shop_order::EventStoreSettings {
+            // Small, so the saga tests cross snapshots too.
+            snapshot_every: 3,
+            projection_poll_ms: 100,
+            ..Default::default()
+        },
     };
     let mut stops = Vec::new();
     let mut start = |stop: CancellationToken| stops.push(stop);
