@@ -2,5 +2,6 @@
 //! PostgreSQL and broker, each with its own database, sharing one private topic namespace.
 
 mod crash;
+mod event_sourcing;
 mod helpers;
 mod saga;
