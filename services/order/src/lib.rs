@@ -98,7 +98,7 @@ pub struct EventStoreSettings {
 impl Default for EventStoreSettings {
     fn default() -> Self {
         Self {
-            snapshot_every: 10,
+            snapshot_every: 50,
             read_your_writes_wait_ms: 1_000,
             projection_poll_ms: 500,
         }
@@ -120,6 +120,13 @@ pub fn default_settings() -> Settings {
         service: PgServiceSettings::local("order", 50051, 9101),
         ..Settings::default()
     }
+}
+
+/// The order database's migrations (beside the outbox/inbox ones, which share the table).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!();
+    m.set_ignore_missing(true);
+    m
 }
 
 /// Builds the service: database and migrations, gRPC, relay, the reply consumer, the timeout sweep.

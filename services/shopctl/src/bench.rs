@@ -33,6 +33,21 @@ pub enum Bench {
         #[arg(long, default_value_t = 15)]
         seconds: u64,
     },
+    /// Order aggregate load time by stream length (replay vs snapshot vs raw SELECT), and the
+    /// read-model projection's events/s beside raw single-row inserts.
+    EventStore {
+        /// Stream lengths, events.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000,5000")]
+        lengths: Vec<u64>,
+        /// Streams per length (each is loaded once per method).
+        #[arg(long, default_value_t = 20)]
+        streams: usize,
+        #[arg(long, default_value_t = 100)]
+        snapshot_every: u64,
+        /// Orders in the projection backlog (6 events each).
+        #[arg(long, default_value_t = 5_000)]
+        orders: usize,
+    },
     /// Outbox relay events/s beside the raw producer rate.
     Relay {
         #[arg(long, default_value_t = 50_000)]
@@ -65,6 +80,12 @@ pub async fn run(pg_url: &str, kafka: &KafkaSettings, bench: Bench) -> anyhow::R
         } => relay(pg_url, kafka, events, aggregates, batch).await,
         Bench::Saga { rates, seconds } => crate::bench_saga::run(pg_url, &rates, seconds).await,
         Bench::Analytics { events } => crate::bench_analytics::run(kafka, events).await,
+        Bench::EventStore {
+            lengths,
+            streams,
+            snapshot_every,
+            orders,
+        } => crate::bench_eventstore::run(pg_url, &lengths, streams, snapshot_every, orders).await,
     }
 }
 

@@ -4,14 +4,18 @@
 //!   through the saga, with the invariants checked).
 //! - `shopctl smoke`: events outbox -> broker -> inbox between two scratch databases.
 //! - `shopctl saga get|list|retry|compensate`: look at sagas and intervene by hand.
+//! - `shopctl orders get|as-of|rebuild`: an order from the read model or replayed as of a
+//!   version or time; rebuild the read models.
 //! - `shopctl health`: gRPC health of every service.
-//! - `shopctl bench relay`: outbox relay throughput beside the raw producer on the same broker.
+//! - `shopctl bench relay|saga|analytics|event-store`: figures beside the raw store's.
 
 mod bench;
 mod bench_analytics;
+mod bench_eventstore;
 mod bench_saga;
 mod demo;
 mod health;
+mod orders;
 mod saga;
 mod smoke;
 
@@ -57,6 +61,9 @@ enum Command {
     /// Inspect sagas, or retry / compensate one by hand.
     #[command(subcommand)]
     Saga(saga::SagaCmd),
+    /// Event-sourced orders: as of a version or time, read-model rebuild.
+    #[command(subcommand)]
+    Orders(orders::OrdersCmd),
     /// gRPC health of every service on the local ports.
     Health,
     /// Benchmarks (real work on the real stores; figures beside the raw store's).
@@ -118,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Saga(cmd) => saga::run(&cli.order, cmd).await,
+        Command::Orders(cmd) => orders::run(&cli.order, cmd).await,
         Command::Bench(b) => bench::run(&cli.pg_url, &kafka, b).await,
     }
 }

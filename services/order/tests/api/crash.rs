@@ -9,8 +9,12 @@ use shop_proto::order::OrderStatus;
 
 use crate::helpers::*;
 
-fn spawn_order_process(p: &Platform, grpc_port: u16) -> Child {
+fn spawn_order_process(p: &Platform, grpc_port: u16, run: u32) -> Child {
     let s = &p.order_settings;
+    // Its warnings go to a file, for when this test fails.
+    let log =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-order-{run}.log"));
+    let log = std::fs::File::create(&log).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_shop-order"))
         .env("SHOP__SERVER__GRPC_PORT", grpc_port.to_string())
         .env("SHOP__SERVER__METRICS_PORT", "0")
@@ -25,7 +29,7 @@ fn spawn_order_process(p: &Platform, grpc_port: u16) -> Child {
         .env("SHOP__SAGA__SWEEP_INTERVAL_MS", "200")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start shop-order")
 }
@@ -48,7 +52,7 @@ async fn sigkill_mid_run_then_restart_every_saga_ends_terminal_and_invariants_ho
         .local_addr()
         .expect("addr")
         .port();
-    let mut child = spawn_order_process(&p, port);
+    let mut child = spawn_order_process(&p, port, 1);
     let client = |port: u16| async move {
         let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
             .expect("uri")
@@ -79,7 +83,7 @@ async fn sigkill_mid_run_then_restart_every_saga_ends_terminal_and_invariants_ho
             child.kill().expect("SIGKILL");
             child.wait().expect("reaped");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            child = spawn_order_process(&p, port);
+            child = spawn_order_process(&p, port, 2);
             order = client(port).await;
         }
     }

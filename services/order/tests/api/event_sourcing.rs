@@ -256,11 +256,15 @@ async fn a_stored_v1_event_is_upcast_on_load_and_in_the_read_model() {
     assert_eq!(p.tenant_id, "default");
     assert_eq!(p.total_minor, 2 * 1250 + 3 * 499);
     assert_eq!(p.items[1].quantity, 3);
-    projection::catch_up(&pool).await.expect("project");
-    let row = projection::summary(&mut conn, id)
-        .await
-        .expect("read")
-        .expect("projected");
+    // The projection reads an event once no older transaction is running anywhere on the server
+    // (other tests' included), so it may take a moment.
+    let row = loop {
+        projection::catch_up(&pool).await.expect("project");
+        if let Some(row) = projection::summary(&mut conn, id).await.expect("read") {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(row.total_minor, 3997);
     assert_eq!(row.tenant_id, "default");
     assert_eq!(row.customer_id, "cust-7");
@@ -401,8 +405,14 @@ async fn read_models_follow_the_sagas_rebuild_to_the_same_rows_and_ignore_redeli
         .expect("rebuild")
         .into_inner();
     assert_eq!(rebuilt.generation as i32, generation + 1);
-    assert_eq!(rebuilt.events_replayed as usize, all.len());
+    assert!(rebuilt.events_replayed > 0 && rebuilt.events_replayed as usize <= all.len());
     assert_eq!(reader.await.expect("reader"), 200);
+    // The swap took what was settled; a transaction running elsewhere on the server may have
+    // held a few events back for the live projection to apply right after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while read_models(&p.order_db).await != live && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         read_models(&p.order_db).await,
         live,

@@ -294,10 +294,16 @@ impl Platform {
             if o.status() != OrderStatus::Pending {
                 return o;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "order {order_id} did not settle within {within:?}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let saga = self
+                    .order
+                    .clone()
+                    .get_saga(shop_proto::order::GetSagaRequest {
+                        saga_id: order_id.into(),
+                    })
+                    .await;
+                panic!("order {order_id} did not settle within {within:?}: {saga:#?}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
