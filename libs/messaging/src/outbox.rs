@@ -7,9 +7,11 @@
 //!
 //! **Relaying.** Each round of [`Relay::relay_once`] is one transaction:
 //!
-//! 1. claim up to `max_buckets` buckets that have pending rows, oldest first, with
-//!    `FOR UPDATE SKIP LOCKED` (a bucket held by another relay is skipped, so relays share the
-//!    work and never publish one key from two places);
+//! 1. claim up to `max_buckets` buckets that have pending rows, oldest first, each with a
+//!    transaction-scoped advisory lock taken with `pg_try_advisory_xact_lock` (a bucket held by
+//!    another relay is skipped, so relays share the work and never publish one key from two
+//!    places; unlike row locks these take no transaction id while the round waits on the
+//!    broker);
 //! 2. read up to `batch_size` pending rows of those buckets in id order;
 //! 3. hand them all to the idempotent producer (keyed by aggregate id), then wait for the acks;
 //! 4. per bucket, mark published the rows up to the first failure; a failed row records its
@@ -297,12 +299,21 @@ impl Relay {
     pub async fn relay_once(&self) -> anyhow::Result<RoundOutcome> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await.context("begin relay round")?;
+        // Advisory locks, not row locks: they take no transaction id, so a round waiting on
+        // the broker does not hold back anything that waits for older transactions to finish
+        // (e.g. a projection reading in commit-safe order). The subquery is a fence (OFFSET 0,
+        // a volatile filter is not pushed into it): buckets are tried oldest first and the
+        // LIMIT stops the trying, so no more than `max_buckets` locks are taken.
         let buckets: Vec<i16> = sqlx::query_scalar(
-            "SELECT b.bucket FROM outbox_bucket b
-             WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL)
-             ORDER BY (SELECT min(o.id) FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL)
-             LIMIT $1
-             FOR UPDATE OF b SKIP LOCKED",
+            "SELECT c.bucket FROM (
+                 SELECT b.bucket,
+                        (SELECT min(o.id) FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL) AS oldest
+                 FROM outbox_bucket b
+                 WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL)
+                 ORDER BY oldest OFFSET 0
+             ) c
+             WHERE pg_try_advisory_xact_lock(hashtext('shop.outbox_bucket'), c.bucket)
+             LIMIT $1",
         )
         .bind(self.config.max_buckets)
         .fetch_all(&mut *tx)
