@@ -278,10 +278,28 @@ kill_pidfile() {
   rm -f "$f"
 }
 
+# The services' gRPC ports (50051-50057) lie inside Linux's ephemeral port range (32768-60999):
+# any outgoing connection (to PostgreSQL, the broker, ...) may be given one as its local port, and
+# the service that starts next cannot bind it. Reserving them keeps the kernel from handing them
+# out (what any host running services on such ports should do).
+reserve_service_ports() {
+  local f=/proc/sys/net/ipv4/ip_local_reserved_ports range=50051-50060 cur
+  [ -r "$f" ] || return 0
+  cur=$(cat "$f")
+  case ",$cur," in *",$range,"*) return 0 ;; esac
+  if { [ -w "$f" ] && echo "${cur:+$cur,}$range" >"$f"; } 2>/dev/null ||
+     { command -v sudo >/dev/null && echo "${cur:+$cur,}$range" | sudo -n tee "$f" >/dev/null 2>&1; }; then
+    log "reserved ports $range (net.ipv4.ip_local_reserved_ports)"
+  else
+    log "note: cannot reserve ports $range; a service may rarely fail to bind its port (retry make run)"
+  fi
+}
+
 cmd_up() {
   local components=("$@")
   ((${#components[@]})) || components=("${ALL[@]}")
   mkdir -p "$STACK_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR"
+  reserve_service_ports
   touch "$RUN_DIR/started"
   for c in "${components[@]}"; do
     case $c in postgres|redis|kafka|clickhouse|mongo) "up_$c" ;; *) die "unknown component $c" ;; esac

@@ -9,7 +9,17 @@ use shop_proto::order::OrderStatus;
 
 use crate::helpers::*;
 
-fn spawn_order_process(p: &Platform, grpc_port: u16, run: u32) -> Child {
+/// The order service's process, killed when dropped (also when the test fails half-way).
+struct OrderProcess(Child);
+
+impl Drop for OrderProcess {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn spawn_order_process(p: &Platform, grpc_port: u16, run: u32) -> OrderProcess {
     let s = &p.order_settings;
     // Its warnings go to a file, for when this test fails.
     let log =
@@ -31,6 +41,7 @@ fn spawn_order_process(p: &Platform, grpc_port: u16, run: u32) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(OrderProcess)
         .expect("start shop-order")
 }
 
@@ -80,8 +91,8 @@ async fn sigkill_mid_run_then_restart_every_saga_ends_terminal_and_invariants_ho
         ids.push(placed.order.expect("order").order_id);
         if i == 30 {
             // Mid-run, no goodbye.
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reaped");
+            child.0.kill().expect("SIGKILL");
+            child.0.wait().expect("reaped");
             tokio::time::sleep(Duration::from_millis(500)).await;
             child = spawn_order_process(&p, port, 2);
             order = client(port).await;
@@ -118,7 +129,6 @@ async fn sigkill_mid_run_then_restart_every_saga_ends_terminal_and_invariants_ho
         "money taken = completed orders"
     );
     assert_eq!(p.double_charges().await, 0);
-    child.kill().ok();
-    child.wait().ok();
+    drop(child);
     p.stop().await;
 }
