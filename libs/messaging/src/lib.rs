@@ -10,6 +10,8 @@
 //! - [`inbox`]: [`inbox::Inbox`] consumes a topic; each message's effect and its inbox row commit
 //!   in one transaction, offsets are committed after; failures retry with backoff and then go to
 //!   a dead-letter topic.
+//! - [`consumer`]: at-least-once consumption for idempotent effects in stores without an inbox
+//!   table (Redis, MongoDB, a search index): offset stored after the effect.
 //! - [`service`]: start-up shared by the PostgreSQL services (settings, database, relay task).
 //! - [`smoke`]: the smallest real flow over both (ordered ticks), for tests, demo and benchmark.
 //! - `testing` (feature): scratch databases, topic namespaces and a command channel for tests.
@@ -20,6 +22,7 @@
 //! relay claims the bucket -> produce (key = aggregate id) -> ack -> mark published ->
 //! consumer -> tx { inbox row + effect } -> COMMIT -> offset commit.
 
+pub mod consumer;
 pub mod envelope;
 pub mod inbox;
 pub mod kafka;

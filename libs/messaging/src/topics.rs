@@ -12,6 +12,8 @@ pub const PAYMENT_COMMANDS: &str = "shop.payment.commands";
 pub const PAYMENT_EVENTS: &str = "shop.payment.events";
 pub const SHIPPING_COMMANDS: &str = "shop.shipping.commands";
 pub const SHIPPING_EVENTS: &str = "shop.shipping.events";
+pub const CATALOG_EVENTS: &str = "shop.catalog.events";
+pub const CART_EVENTS: &str = "shop.cart.events";
 
 /// `event_type` values, one per payload message.
 pub mod types {
@@ -40,4 +42,7 @@ pub mod types {
     pub const ORDER_COMPLETED: &str = "order.completed";
     pub const ORDER_CANCELLED: &str = "order.cancelled";
     pub const ORDER_SAGA_PROGRESSED: &str = "order.saga_progressed";
+
+    pub const PRODUCT_CHANGED: &str = "catalog.product_changed";
+    pub const CART_CHECKED_OUT: &str = "cart.checked_out";
 }

@@ -68,6 +68,8 @@ pub fn event_topics(kafka: &KafkaSettings) -> Vec<String> {
         topics::INVENTORY_EVENTS,
         topics::PAYMENT_EVENTS,
         topics::SHIPPING_EVENTS,
+        topics::CATALOG_EVENTS,
+        topics::CART_EVENTS,
     ]
     .iter()
     .map(|t| kafka.topic(t))

@@ -1,34 +1,12 @@
 //! The cart service binary: load settings, start telemetry, build, run until a shutdown signal.
 
-use serde::{Deserialize, Serialize};
-use shop_core::{
-    app::Application,
-    config::{self, ServerSettings, TelemetrySettings},
-    grpc, shutdown, telemetry,
-};
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct Settings {
-    server: ServerSettings,
-    telemetry: TelemetrySettings,
-}
+use shop_core::{config, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let defaults = Settings {
-        server: ServerSettings {
-            grpc_port: 50056,
-            metrics_port: 9106,
-            ..ServerSettings::default()
-        },
-        ..Settings::default()
-    };
-    let settings = config::load(&defaults)?;
+    let settings = config::load(&shop_cart::Settings::default())?;
     telemetry::init_tracing("cart", &settings.telemetry);
-    let shutdown = shutdown::on_signal();
-    let (routes, _health) = grpc::base_routes()?;
-    Application::bind("cart", &settings.server, routes, shutdown)
+    shop_cart::build(&settings, shutdown::on_signal())
         .await?
         .run_until_stopped()
         .await

@@ -206,6 +206,11 @@ impl Orchestrator {
                 let done = OrderCompleted {
                     order_id: id,
                     total: order.placed.as_ref().map(Placed::total),
+                    items: order
+                        .placed
+                        .as_ref()
+                        .map(Placed::line_items)
+                        .unwrap_or_default(),
                 };
                 self.order_event(order, types::ORDER_COMPLETED, &done)
             }

@@ -103,6 +103,7 @@ fn known_events(s: &Settings) -> Vec<(String, EventEnvelope)> {
             &OrderCompleted {
                 order_id: "A".into(),
                 total: usd(2000),
+                ..Default::default()
             },
         ),
         at(
@@ -144,6 +145,7 @@ fn known_events(s: &Settings) -> Vec<(String, EventEnvelope)> {
             &OrderCompleted {
                 order_id: "B".into(),
                 total: usd(500),
+                ..Default::default()
             },
         ),
         at(

@@ -1,0 +1,136 @@
+//! # shop-cart
+//!
+//! One cart per session in Redis, with a sliding one-hour TTL (session consistency: every change
+//! returns the new cart, so a session always reads its own writes).
+//!
+//! - [`domain`]: the stored cart, its limits, the checkout idempotency key.
+//! - [`store`]: the Lua scripts: each change is atomic however many requests race.
+//! - [`grpc`]: add / set quantity / remove / get, and `Checkout` through the order service.
+//! - [`relay`]: the Redis-stream outbox to Kafka (`cart.checked_out`).
+//! - [`build`]: the service, assembled; it also consumes the order events: a completed order
+//!   clears its cart, a cancelled one leaves the cart open for another checkout.
+
+pub mod domain;
+pub mod grpc;
+pub mod relay;
+pub mod store;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shop_core::config::{ServerSettings, TelemetrySettings};
+use shop_messaging::{
+    inbox::HandlerError,
+    kafka::KafkaSettings,
+    topics::{self, types},
+};
+use shop_proto::{
+    cart::cart_service_server::CartServiceServer,
+    catalog::catalog_service_client::CatalogServiceClient,
+    events::{OrderCancelled, OrderCompleted},
+    order::order_service_client::OrderServiceClient,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub telemetry: TelemetrySettings,
+    pub kafka: KafkaSettings,
+    pub redis_url: String,
+    pub catalog_url: String,
+    pub order_url: String,
+    pub cart: domain::Limits,
+    pub relay_poll_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings {
+                grpc_port: 50056,
+                metrics_port: 9106,
+                ..ServerSettings::default()
+            },
+            telemetry: TelemetrySettings::default(),
+            kafka: KafkaSettings {
+                client_id: "cart".into(),
+                ..KafkaSettings::default()
+            },
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            catalog_url: "http://127.0.0.1:50055".into(),
+            order_url: "http://127.0.0.1:50051".into(),
+            cart: domain::Limits::default(),
+            relay_poll_ms: 100,
+        }
+    }
+}
+
+pub async fn build(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<shop_core::app::Application> {
+    let kafka = &settings.kafka;
+    let events_topic = kafka.topic(topics::CART_EVENTS);
+    let order_events = kafka.topic(topics::ORDER_EVENTS);
+    kafka.ensure_topics(&[&events_topic, &order_events]).await?;
+    let client = redis::Client::open(settings.redis_url.as_str())?;
+    let redis = redis::aio::ConnectionManager::new(client).await?;
+    let store = store::CartStore::new(redis.clone(), settings.cart);
+    let lazy = |url: &str| -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Channel::from_shared(url.to_owned())?.connect_lazy())
+    };
+    let carts = grpc::Carts {
+        store: store.clone(),
+        catalog: CatalogServiceClient::new(lazy(&settings.catalog_url)?),
+        orders: OrderServiceClient::new(lazy(&settings.order_url)?),
+        events_topic,
+    };
+    let (routes, health) = shop_core::grpc::base_routes()?;
+    health.set_serving::<CartServiceServer<grpc::Carts>>().await;
+    let routes = routes.add_service(CartServiceServer::new(carts));
+    let mut app =
+        shop_core::app::Application::bind("cart", &settings.server, routes, shutdown.clone())
+            .await?;
+    let relay = relay::Relay {
+        redis,
+        producer: kafka.producer(Duration::from_secs(30))?,
+        instance: uuid::Uuid::now_v7().to_string(),
+        poll: Duration::from_millis(settings.relay_poll_ms),
+    };
+    app.spawn(relay.run(shutdown.clone()));
+    let kafka = kafka.clone();
+    let group = format!("{}cart", kafka.topic_prefix);
+    app.spawn(async move {
+        shop_messaging::consumer::run(&kafka, &group, &[&order_events], shutdown, |e| {
+            let store = store.clone();
+            async move { order_ended(&store, &e).await }
+        })
+        .await
+    });
+    Ok(app)
+}
+
+/// A completed order clears the cart it came from; a cancelled one reopens it. Idempotent: the
+/// script changes the cart only while it is still checked out as this order.
+async fn order_ended(
+    store: &store::CartStore,
+    e: &shop_messaging::EventEnvelope,
+) -> Result<(), HandlerError> {
+    let p = e.payload.as_slice();
+    let (order_id, completed) = match e.event_type.as_str() {
+        types::ORDER_COMPLETED => (prost::Message::decode(p).map(|c: OrderCompleted| c.order_id)?, true),
+        types::ORDER_CANCELLED => (prost::Message::decode(p).map(|c: OrderCancelled| c.order_id)?, false),
+        _ => return Ok(()),
+    };
+    match store.order_ended(&order_id, completed).await {
+        Ok(true) => {
+            metrics::counter!("cart_orders_ended_total", "completed" => completed.to_string())
+                .increment(1);
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(HandlerError::Transient(e.into())),
+    }
+}

@@ -1,0 +1,208 @@
+//! The gRPC adapter: products (MongoDB, read-after-write for the writer: reads go to the primary
+//! that took the write), search (the index, eventually consistent), recommendations (Redis).
+
+use std::sync::Arc;
+
+use shop_core::{ServiceError, grpc::page_size};
+use shop_messaging::{NewEvent, topics::types};
+use shop_proto::{
+    catalog::{
+        CreateProductRequest, GetProductRequest, GetRecommendationsRequest,
+        GetRecommendationsResponse, Product as ProductProto, Recommendation,
+        SearchProductsRequest, SearchProductsResponse, SortBy, UpdateProductRequest,
+        catalog_service_server::CatalogService,
+    },
+    common::Money,
+    events::ProductChanged,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{self, Product},
+    recommend::{self, Recommendations},
+    search::{Query, SearchBackend, Sort},
+    store::ProductStore,
+};
+
+pub struct Catalog {
+    pub store: ProductStore,
+    pub search: Arc<dyn SearchBackend>,
+    pub recommendations: Recommendations,
+    /// The prefixed `shop.catalog.events` topic.
+    pub events_topic: String,
+}
+
+impl Catalog {
+    fn changed(&self, p: &Product) -> impl FnOnce(u64) -> NewEvent {
+        let topic = self.events_topic.clone();
+        let p = p.clone();
+        move |version| {
+            NewEvent::new(
+                &topic,
+                types::PRODUCT_CHANGED,
+                "product",
+                &p.sku,
+                &ProductChanged {
+                    sku: p.sku.clone(),
+                    name: p.name.clone(),
+                    category: p.category.clone(),
+                    price: Some(p.price()),
+                    version,
+                    description: p.description.clone(),
+                    attributes: p.attributes.clone().into_iter().collect(),
+                },
+            )
+        }
+    }
+}
+
+/// Page tokens are the offset of the next page, as text.
+fn offset(token: &str) -> Result<usize, ServiceError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .parse::<usize>()
+        .ok()
+        .filter(|o| *o <= 10_000)
+        .ok_or_else(|| ServiceError::invalid("page.page_token", "is not a token this service issued"))
+}
+
+#[tonic::async_trait]
+impl CatalogService for Catalog {
+    async fn create_product(
+        &self,
+        request: Request<CreateProductRequest>,
+    ) -> Result<Response<ProductProto>, Status> {
+        let p = Product::parse(request.get_ref().product.as_ref())?;
+        let created = self.store.create(&p, self.changed(&p)).await?;
+        Ok(Response::new(created.to_proto()))
+    }
+
+    async fn update_product(
+        &self,
+        request: Request<UpdateProductRequest>,
+    ) -> Result<Response<ProductProto>, Status> {
+        let r = request.get_ref();
+        let p = Product::parse(r.product.as_ref())?;
+        if r.expected_version == 0 {
+            return Err(ServiceError::invalid(
+                "expected_version",
+                "is required (the version you read)",
+            )
+            .into());
+        }
+        let updated = self
+            .store
+            .update(&p, r.expected_version, self.changed(&p))
+            .await?;
+        Ok(Response::new(updated.to_proto()))
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<GetProductRequest>,
+    ) -> Result<Response<ProductProto>, Status> {
+        let sku = domain::sku(&request.get_ref().sku).map_err(|_| {
+            ServiceError::invalid("sku", "must be 1 to 64 characters of letters, digits, '.', '-' or '_'")
+        })?;
+        let p = self
+            .store
+            .get(&sku)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("product {sku}")))?;
+        Ok(Response::new(p.to_proto()))
+    }
+
+    async fn search_products(
+        &self,
+        request: Request<SearchProductsRequest>,
+    ) -> Result<Response<SearchProductsResponse>, Status> {
+        let r = request.get_ref();
+        if r.query.len() > 500 {
+            return Err(ServiceError::invalid("query", "is longer than 500 characters").into());
+        }
+        if r.min_price_minor < 0 || r.max_price_minor < 0 {
+            return Err(ServiceError::invalid("min_price_minor", "must not be negative").into());
+        }
+        if r.max_price_minor > 0 && r.min_price_minor > r.max_price_minor {
+            return Err(ServiceError::invalid("max_price_minor", "is below min_price_minor").into());
+        }
+        let page = r.page.clone().unwrap_or_default();
+        let limit = page_size(page.page_size, 20, 100) as usize;
+        let offset = offset(&page.page_token)?;
+        let q = Query {
+            text: r.query.clone(),
+            category: (!r.category.trim().is_empty()).then(|| r.category.trim().to_owned()),
+            min_price_minor: (r.min_price_minor > 0).then_some(r.min_price_minor),
+            max_price_minor: (r.max_price_minor > 0).then_some(r.max_price_minor),
+            in_stock_only: r.in_stock_only,
+            sort: match r.sort() {
+                SortBy::Relevance => Sort::Relevance,
+                SortBy::PriceAsc => Sort::PriceAsc,
+                SortBy::PriceDesc => Sort::PriceDesc,
+                SortBy::Name => Sort::Name,
+            },
+            offset,
+            limit,
+        };
+        let hits = self
+            .search
+            .search(&q)
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("search: {e:#}")))?;
+        let next = offset + hits.products.len();
+        Ok(Response::new(SearchProductsResponse {
+            next_page_token: if (next as u64) < hits.total && !hits.products.is_empty() {
+                next.to_string()
+            } else {
+                String::new()
+            },
+            total_hits: hits.total,
+            products: hits
+                .products
+                .into_iter()
+                .map(|p| ProductProto {
+                    sku: p.sku,
+                    name: p.name,
+                    description: p.description,
+                    category: p.category,
+                    price: Some(Money {
+                        amount_minor: p.price_minor,
+                        currency: p.currency,
+                    }),
+                    attributes: Default::default(),
+                    stock: p.stock,
+                    version: p.version,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_recommendations(
+        &self,
+        request: Request<GetRecommendationsRequest>,
+    ) -> Result<Response<GetRecommendationsResponse>, Status> {
+        let r = request.get_ref();
+        let sku = domain::sku(&r.sku).map_err(|_| ServiceError::invalid("sku", "is not a SKU"))?;
+        let limit = if r.limit == 0 { 5 } else { r.limit as usize };
+        if limit > recommend::MAX_LIMIT {
+            return Err(ServiceError::invalid(
+                "limit",
+                format!("must be at most {}", recommend::MAX_LIMIT),
+            )
+            .into());
+        }
+        let items = self
+            .recommendations
+            .for_sku(&sku, limit)
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("redis: {e}")))?;
+        Ok(Response::new(GetRecommendationsResponse {
+            items: items
+                .into_iter()
+                .map(|(sku, score)| Recommendation { sku, score })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,167 @@
+//! # shop-catalog
+//!
+//! Products, product search and recommendations; eventually consistent, read-your-writes for the
+//! writer (seed 003).
+//!
+//! - [`domain`]: a product, validated (price in minor units).
+//! - [`store`]: products in MongoDB with versioned updates and the outbox inside each document
+//!   (one atomic single-document write), and the relay that publishes it to Kafka.
+//! - [`search`]: the search interface and its two backends, tantivy (embedded, the default here)
+//!   and Elasticsearch.
+//! - [`recommend`]: "bought together" scores in Redis, counted once per order.
+//! - [`feed`]: the consumers that keep search and recommendations up to date from events.
+//! - [`grpc`]: create / update (optimistic on `expected_version`) / get, search, recommendations.
+
+pub mod domain;
+pub mod feed;
+pub mod grpc;
+pub mod recommend;
+pub mod search;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use shop_core::config::{ServerSettings, TelemetrySettings};
+use shop_messaging::{kafka::KafkaSettings, topics};
+use shop_proto::catalog::catalog_service_server::CatalogServiceServer;
+use tokio_util::sync::CancellationToken;
+
+/// Which search backend serves queries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchSettings {
+    /// `embedded` (tantivy, in this process) or `elasticsearch`.
+    pub backend: String,
+    /// The embedded index's directory; empty keeps it in memory (rebuilt from the topics).
+    pub dir: String,
+    pub elasticsearch_url: String,
+    pub elasticsearch_index: String,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            backend: "embedded".into(),
+            dir: ".stack/catalog-index".into(),
+            elasticsearch_url: "http://127.0.0.1:9200".into(),
+            elasticsearch_index: "products".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub telemetry: TelemetrySettings,
+    pub kafka: KafkaSettings,
+    pub mongodb_url: String,
+    pub mongodb_database: String,
+    pub redis_url: String,
+    pub search: SearchSettings,
+    pub relay_poll_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings {
+                grpc_port: 50055,
+                metrics_port: 9105,
+                ..ServerSettings::default()
+            },
+            telemetry: TelemetrySettings::default(),
+            kafka: KafkaSettings {
+                client_id: "catalog".into(),
+                ..KafkaSettings::default()
+            },
+            mongodb_url: "mongodb://127.0.0.1:27017".into(),
+            mongodb_database: "shop_catalog".into(),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            search: SearchSettings::default(),
+            relay_poll_ms: 100,
+        }
+    }
+}
+
+pub async fn search_backend(s: &SearchSettings) -> anyhow::Result<Arc<dyn search::SearchBackend>> {
+    Ok(match s.backend.as_str() {
+        "embedded" => {
+            let dir = (!s.dir.is_empty()).then(|| std::path::PathBuf::from(&s.dir));
+            Arc::new(search::embedded::Embedded::open(dir.as_deref())?)
+        }
+        "elasticsearch" => Arc::new(
+            search::elastic::Elastic::connect(&s.elasticsearch_url, &s.elasticsearch_index).await?,
+        ),
+        other => anyhow::bail!("unknown search backend {other} (embedded or elasticsearch)"),
+    })
+}
+
+pub async fn build(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<shop_core::app::Application> {
+    let kafka = &settings.kafka;
+    let catalog_events = kafka.topic(topics::CATALOG_EVENTS);
+    let inventory_events = kafka.topic(topics::INVENTORY_EVENTS);
+    let order_events = kafka.topic(topics::ORDER_EVENTS);
+    kafka
+        .ensure_topics(&[&catalog_events, &inventory_events, &order_events])
+        .await?;
+    let mongo = mongodb::Client::with_uri_str(&settings.mongodb_url).await?;
+    let products = mongo
+        .database(&settings.mongodb_database)
+        .collection::<mongodb::bson::Document>("products");
+    let store = store::ProductStore {
+        products: products.clone(),
+    };
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(
+        settings.redis_url.as_str(),
+    )?)
+    .await?;
+    let recommendations = recommend::Recommendations::new(redis, &kafka.topic_prefix);
+    let search = search_backend(&settings.search).await?;
+    tracing::info!(backend = search.name(), "search backend ready");
+    let catalog = grpc::Catalog {
+        store: store.clone(),
+        search: search.clone(),
+        recommendations: recommendations.clone(),
+        events_topic: catalog_events.clone(),
+    };
+    let (routes, health) = shop_core::grpc::base_routes()?;
+    health
+        .set_serving::<CatalogServiceServer<grpc::Catalog>>()
+        .await;
+    let routes = routes.add_service(CatalogServiceServer::new(catalog));
+    let mut app =
+        shop_core::app::Application::bind("catalog", &settings.server, routes, shutdown.clone())
+            .await?;
+    app.spawn(
+        store::OutboxRelay {
+            products,
+            producer: kafka.producer(Duration::from_secs(30))?,
+            poll: Duration::from_millis(settings.relay_poll_ms),
+        }
+        .run(shutdown.clone()),
+    );
+    let (k, stop) = (kafka.clone(), shutdown.clone());
+    let group = format!("{}catalog-search", kafka.topic_prefix);
+    app.spawn(async move {
+        shop_messaging::consumer::run(&k, &group, &[&catalog_events, &inventory_events], stop, |e| {
+            let (search, store) = (search.clone(), store.clone());
+            async move { feed::index(&search, &store, &e).await }
+        })
+        .await
+    });
+    let k = kafka.clone();
+    let group = format!("{}catalog-recommendations", kafka.topic_prefix);
+    app.spawn(async move {
+        shop_messaging::consumer::run(&k, &group, &[&order_events], shutdown, |e| {
+            let recs = recommendations.clone();
+            async move { feed::recommend(&recs, &e).await }
+        })
+        .await
+    });
+    Ok(app)
+}

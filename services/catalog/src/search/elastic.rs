@@ -1,0 +1,181 @@
+//! The Elasticsearch backend (docker-compose and Helm run an Elasticsearch server; these machines
+//! cannot, so here it is compiled and its contract tests are skipped unless
+//! `SHOP_TEST_ELASTICSEARCH_URL` points at one).
+//!
+//! The version check happens inside Elasticsearch: a scripted upsert replaces the document only
+//! if the incoming version is newer, and keeps the stock it has; every write refreshes, so it is
+//! searchable when the call returns (like the embedded backend; a bulk feed would refresh less).
+
+use anyhow::Context;
+use elasticsearch::{
+    Elasticsearch, GetParts, SearchParts, UpdateParts,
+    http::{StatusCode, transport::Transport},
+    indices::{IndicesCreateParts, IndicesExistsParts},
+    params::Refresh,
+};
+use serde_json::{Value, json};
+
+use super::{Hits, IndexedProduct, Query, SearchBackend, Sort};
+
+pub struct Elastic {
+    client: Elasticsearch,
+    index: String,
+}
+
+impl Elastic {
+    /// Connects and creates the index with its mapping if it does not exist.
+    pub async fn connect(url: &str, index: &str) -> anyhow::Result<Self> {
+        let client = Elasticsearch::new(Transport::single_node(url)?);
+        let exists = client
+            .indices()
+            .exists(IndicesExistsParts::Index(&[index]))
+            .send()
+            .await
+            .context("elasticsearch unreachable")?;
+        if exists.status_code() == StatusCode::NOT_FOUND {
+            let created = client
+                .indices()
+                .create(IndicesCreateParts::Index(index))
+                .body(json!({
+                    "mappings": { "properties": {
+                        "sku": { "type": "keyword" },
+                        "name": { "type": "text", "fields": { "sort": { "type": "keyword", "normalizer": "lowercase" } } },
+                        "description": { "type": "text" },
+                        "category": { "type": "keyword" },
+                        "price_minor": { "type": "long" },
+                        "currency": { "type": "keyword" },
+                        "stock": { "type": "long" },
+                        "version": { "type": "long" },
+                        "listed": { "type": "boolean" }
+                    } },
+                    "settings": { "analysis": { "normalizer": { "lowercase": { "type": "custom", "filter": ["lowercase"] } } } }
+                }))
+                .send()
+                .await?;
+            // Another instance may have created it meanwhile.
+            if !created.status_code().is_success() && created.status_code() != StatusCode::BAD_REQUEST {
+                anyhow::bail!("cannot create index {index}: {}", created.status_code());
+            }
+        }
+        Ok(Self {
+            client,
+            index: index.to_owned(),
+        })
+    }
+}
+
+async fn ok_json(r: elasticsearch::http::response::Response) -> anyhow::Result<Value> {
+    let status = r.status_code();
+    let body: Value = r.json().await?;
+    if !status.is_success() {
+        anyhow::bail!("elasticsearch {status}: {body}");
+    }
+    Ok(body)
+}
+
+#[async_trait::async_trait]
+impl SearchBackend for Elastic {
+    fn name(&self) -> &'static str {
+        "elasticsearch"
+    }
+
+    async fn upsert_product(&self, p: IndexedProduct) -> anyhow::Result<bool> {
+        let doc = serde_json::to_value(IndexedProduct {
+            listed: true,
+            ..p.clone()
+        })?;
+        let r = self
+            .client
+            .update(UpdateParts::IndexId(&self.index, &p.sku))
+            .refresh(Refresh::True)
+            .retry_on_conflict(5)
+            .body(json!({
+                "scripted_upsert": true,
+                "script": {
+                    "lang": "painless",
+                    "source": "if (ctx._source.version == null || ctx._source.version < params.p.version) { \
+                                 def stock = ctx._source.stock == null ? params.p.stock : ctx._source.stock; \
+                                 ctx._source.putAll(params.p); ctx._source.stock = stock; \
+                               } else { ctx.op = 'noop'; }",
+                    "params": { "p": doc }
+                },
+                "upsert": {}
+            }))
+            .send()
+            .await?;
+        let body = ok_json(r).await?;
+        Ok(body["result"] != "noop")
+    }
+
+    async fn set_stock(&self, sku: &str, stock: i64) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .update(UpdateParts::IndexId(&self.index, sku))
+            .refresh(Refresh::True)
+            .retry_on_conflict(5)
+            .body(json!({
+                "script": { "lang": "painless", "source": "ctx._source.stock = params.s", "params": { "s": stock } },
+                "upsert": IndexedProduct::stock_only(sku, stock)
+            }))
+            .send()
+            .await?;
+        ok_json(r).await.map(|_| ())
+    }
+
+    async fn search(&self, q: &Query) -> anyhow::Result<Hits> {
+        let mut must = vec![json!({ "term": { "listed": true } })];
+        if !q.text.trim().is_empty() {
+            must.push(json!({ "multi_match": { "query": q.text, "fields": ["name", "description"], "operator": "and" } }));
+        }
+        let mut filter = vec![];
+        if let Some(c) = &q.category {
+            filter.push(json!({ "term": { "category": c } }));
+        }
+        if q.min_price_minor.is_some() || q.max_price_minor.is_some() {
+            filter.push(json!({ "range": { "price_minor": { "gte": q.min_price_minor, "lte": q.max_price_minor } } }));
+        }
+        if q.in_stock_only {
+            filter.push(json!({ "range": { "stock": { "gte": 1 } } }));
+        }
+        let sort = match q.sort {
+            Sort::Relevance => json!(["_score"]),
+            Sort::PriceAsc => json!([{ "price_minor": "asc" }]),
+            Sort::PriceDesc => json!([{ "price_minor": "desc" }]),
+            Sort::Name => json!([{ "name.sort": "asc" }]),
+        };
+        let r = self
+            .client
+            .search(SearchParts::Index(&[&self.index]))
+            .body(json!({
+                "query": { "bool": { "must": must, "filter": filter } },
+                "sort": sort,
+                "from": q.offset,
+                "size": q.limit.max(1),
+                "track_total_hits": true
+            }))
+            .send()
+            .await?;
+        let body = ok_json(r).await?;
+        let products = body["hits"]["hits"]
+            .as_array()
+            .map(|hits| {
+                hits.iter()
+                    .filter_map(|h| serde_json::from_value(h["_source"].clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Hits {
+            products,
+            total: body["hits"]["total"]["value"].as_u64().unwrap_or(0),
+        })
+    }
+
+    async fn get(&self, sku: &str) -> anyhow::Result<Option<IndexedProduct>> {
+        let r = self.client.get(GetParts::IndexId(&self.index, sku)).send().await?;
+        if r.status_code() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = ok_json(r).await?;
+        Ok(serde_json::from_value(body["_source"].clone()).ok())
+    }
+}
