@@ -62,11 +62,12 @@ impl Cart {
         let mut total: i64 = 0;
         let mut currency = String::new();
         for l in self.lines.values() {
-            total = l
-                .p
-                .checked_mul(i64::from(l.q))
-                .and_then(|x| total.checked_add(x))
-                .ok_or_else(|| ServiceError::FailedPrecondition("the cart total overflows".into()))?;
+            total =
+                l.p.checked_mul(i64::from(l.q))
+                    .and_then(|x| total.checked_add(x))
+                    .ok_or_else(|| {
+                        ServiceError::FailedPrecondition("the cart total overflows".into())
+                    })?;
             currency.clone_from(&l.c);
         }
         Ok(Money {
@@ -164,8 +165,14 @@ mod tests {
         assert_eq!(field(session_id("a b").unwrap_err()), "session_id");
         assert_eq!(field(session_id("").unwrap_err()), "session_id");
         assert_eq!(field(sku(" ").unwrap_err()), "sku");
-        assert_eq!(field(quantity(0, &Limits::default()).unwrap_err()), "quantity");
-        assert_eq!(field(quantity(100, &Limits::default()).unwrap_err()), "quantity");
+        assert_eq!(
+            field(quantity(0, &Limits::default()).unwrap_err()),
+            "quantity"
+        );
+        assert_eq!(
+            field(quantity(100, &Limits::default()).unwrap_err()),
+            "quantity"
+        );
         assert_eq!(quantity(99, &Limits::default()).unwrap(), 99);
     }
 

@@ -50,7 +50,10 @@ fn upstream(what: &str, s: Status) -> ServiceError {
 
 #[tonic::async_trait]
 impl CartService for Carts {
-    async fn add_item(&self, request: Request<AddItemRequest>) -> Result<Response<CartProto>, Status> {
+    async fn add_item(
+        &self,
+        request: Request<AddItemRequest>,
+    ) -> Result<Response<CartProto>, Status> {
         let r = request.get_ref();
         let session = domain::session_id(&r.session_id)?;
         let sku = domain::sku(&r.sku)?;
@@ -58,7 +61,9 @@ impl CartService for Carts {
         let product = self
             .catalog
             .clone()
-            .get_product(GetProductRequest { sku: sku.to_owned() })
+            .get_product(GetProductRequest {
+                sku: sku.to_owned(),
+            })
             .await
             .map_err(|s| upstream("product", s))?
             .into_inner();
@@ -86,7 +91,10 @@ impl CartService for Carts {
         let session = domain::session_id(&r.session_id)?;
         let sku = domain::sku(&r.sku)?;
         let quantity = domain::quantity(r.quantity, &self.store.limits)?;
-        let cart = self.store.change(session, Change::Set { sku, quantity }).await?;
+        let cart = self
+            .store
+            .change(session, Change::Set { sku, quantity })
+            .await?;
         Ok(Response::new(proto(session, &cart)?))
     }
 
@@ -101,7 +109,10 @@ impl CartService for Carts {
         Ok(Response::new(proto(session, &cart)?))
     }
 
-    async fn get_cart(&self, request: Request<GetCartRequest>) -> Result<Response<CartProto>, Status> {
+    async fn get_cart(
+        &self,
+        request: Request<GetCartRequest>,
+    ) -> Result<Response<CartProto>, Status> {
         let session = domain::session_id(&request.get_ref().session_id)?;
         let cart = self.store.get(session).await?;
         Ok(Response::new(proto(session, &cart)?))

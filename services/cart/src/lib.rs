@@ -120,8 +120,14 @@ async fn order_ended(
 ) -> Result<(), HandlerError> {
     let p = e.payload.as_slice();
     let (order_id, completed) = match e.event_type.as_str() {
-        types::ORDER_COMPLETED => (prost::Message::decode(p).map(|c: OrderCompleted| c.order_id)?, true),
-        types::ORDER_CANCELLED => (prost::Message::decode(p).map(|c: OrderCancelled| c.order_id)?, false),
+        types::ORDER_COMPLETED => (
+            prost::Message::decode(p).map(|c: OrderCompleted| c.order_id)?,
+            true,
+        ),
+        types::ORDER_CANCELLED => (
+            prost::Message::decode(p).map(|c: OrderCancelled| c.order_id)?,
+            false,
+        ),
         _ => return Ok(()),
     };
     match store.order_ended(&order_id, completed).await {

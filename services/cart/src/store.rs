@@ -232,7 +232,11 @@ impl CartStore {
 
     /// The order `order_id` completed (`completed = true`) or was cancelled; returns whether a
     /// cart changed.
-    pub async fn order_ended(&self, order_id: &str, completed: bool) -> Result<bool, redis::RedisError> {
+    pub async fn order_ended(
+        &self,
+        order_id: &str,
+        completed: bool,
+    ) -> Result<bool, redis::RedisError> {
         let mut conn = self.redis.clone();
         let session: Option<String> = redis::cmd("GET")
             .arg(order_key(order_id))

@@ -30,7 +30,10 @@ fn text(field: &str, value: &str, max: usize, required: bool) -> Result<String, 
         return Err(ServiceError::invalid(field, "is required"));
     }
     if v.chars().count() > max {
-        return Err(ServiceError::invalid(field, format!("is longer than {max} characters")));
+        return Err(ServiceError::invalid(
+            field,
+            format!("is longer than {max} characters"),
+        ));
     }
     Ok(v.to_owned())
 }
@@ -81,7 +84,10 @@ impl Product {
         let mut attributes = BTreeMap::new();
         for (k, v) in &p.attributes {
             let key = text("product.attributes", k, 64, true)?;
-            attributes.insert(key, text(&format!("product.attributes[{k}]"), v, 256, false)?);
+            attributes.insert(
+                key,
+                text(&format!("product.attributes[{k}]"), v, 256, false)?,
+            );
         }
         Ok(Self {
             sku: sku(&p.sku)?,
@@ -154,10 +160,16 @@ mod tests {
         p.name = "".into();
         assert_eq!(field(p), "product.name");
         let mut p = proto();
-        p.price = Some(Money { amount_minor: -1, currency: "EUR".into() });
+        p.price = Some(Money {
+            amount_minor: -1,
+            currency: "EUR".into(),
+        });
         assert_eq!(field(p), "product.price.amount_minor");
         let mut p = proto();
-        p.price = Some(Money { amount_minor: 1, currency: "eur".into() });
+        p.price = Some(Money {
+            amount_minor: 1,
+            currency: "eur".into(),
+        });
         assert_eq!(field(p), "product.price.currency");
         assert!(Product::parse(None).is_err());
     }

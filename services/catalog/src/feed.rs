@@ -68,7 +68,10 @@ pub async fn index(
         }
         types::STOCK_LEVEL_CHANGED => {
             let s = StockLevelChanged::decode(p)?;
-            store.set_stock(&s.sku, s.available).await.map_err(transient)?;
+            store
+                .set_stock(&s.sku, s.available)
+                .await
+                .map_err(transient)?;
             search
                 .set_stock(&s.sku, s.available)
                 .await
@@ -88,6 +91,8 @@ pub async fn recommend(recs: &Recommendations, e: &EventEnvelope) -> Result<(), 
     }
     let done = OrderCompleted::decode(e.payload.as_slice())?;
     let skus: Vec<String> = done.items.into_iter().map(|i| i.sku).collect();
-    recs.record(&done.order_id, &skus).await.map_err(transient)?;
+    recs.record(&done.order_id, &skus)
+        .await
+        .map_err(transient)?;
     Ok(())
 }

@@ -8,8 +8,8 @@ use shop_messaging::{NewEvent, topics::types};
 use shop_proto::{
     catalog::{
         CreateProductRequest, GetProductRequest, GetRecommendationsRequest,
-        GetRecommendationsResponse, Product as ProductProto, Recommendation,
-        SearchProductsRequest, SearchProductsResponse, SortBy, UpdateProductRequest,
+        GetRecommendationsResponse, Product as ProductProto, Recommendation, SearchProductsRequest,
+        SearchProductsResponse, SortBy, UpdateProductRequest,
         catalog_service_server::CatalogService,
     },
     common::Money,
@@ -65,7 +65,9 @@ fn offset(token: &str) -> Result<usize, ServiceError> {
         .parse::<usize>()
         .ok()
         .filter(|o| *o <= 10_000)
-        .ok_or_else(|| ServiceError::invalid("page.page_token", "is not a token this service issued"))
+        .ok_or_else(|| {
+            ServiceError::invalid("page.page_token", "is not a token this service issued")
+        })
 }
 
 #[tonic::async_trait]
@@ -104,7 +106,10 @@ impl CatalogService for Catalog {
         request: Request<GetProductRequest>,
     ) -> Result<Response<ProductProto>, Status> {
         let sku = domain::sku(&request.get_ref().sku).map_err(|_| {
-            ServiceError::invalid("sku", "must be 1 to 64 characters of letters, digits, '.', '-' or '_'")
+            ServiceError::invalid(
+                "sku",
+                "must be 1 to 64 characters of letters, digits, '.', '-' or '_'",
+            )
         })?;
         let p = self
             .store
@@ -126,7 +131,9 @@ impl CatalogService for Catalog {
             return Err(ServiceError::invalid("min_price_minor", "must not be negative").into());
         }
         if r.max_price_minor > 0 && r.min_price_minor > r.max_price_minor {
-            return Err(ServiceError::invalid("max_price_minor", "is below min_price_minor").into());
+            return Err(
+                ServiceError::invalid("max_price_minor", "is below min_price_minor").into(),
+            );
         }
         let page = r.page.clone().unwrap_or_default();
         let limit = page_size(page.page_size, 20, 100) as usize;

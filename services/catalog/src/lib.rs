@@ -116,10 +116,9 @@ pub async fn build(
     let store = store::ProductStore {
         products: products.clone(),
     };
-    let redis = redis::aio::ConnectionManager::new(redis::Client::open(
-        settings.redis_url.as_str(),
-    )?)
-    .await?;
+    let redis =
+        redis::aio::ConnectionManager::new(redis::Client::open(settings.redis_url.as_str())?)
+            .await?;
     let recommendations = recommend::Recommendations::new(redis, &kafka.topic_prefix);
     let search = search_backend(&settings.search).await?;
     tracing::info!(backend = search.name(), "search backend ready");
@@ -148,10 +147,16 @@ pub async fn build(
     let (k, stop) = (kafka.clone(), shutdown.clone());
     let group = format!("{}catalog-search", kafka.topic_prefix);
     app.spawn(async move {
-        shop_messaging::consumer::run(&k, &group, &[&catalog_events, &inventory_events], stop, |e| {
-            let (search, store) = (search.clone(), store.clone());
-            async move { feed::index(&search, &store, &e).await }
-        })
+        shop_messaging::consumer::run(
+            &k,
+            &group,
+            &[&catalog_events, &inventory_events],
+            stop,
+            |e| {
+                let (search, store) = (search.clone(), store.clone());
+                async move { feed::index(&search, &store, &e).await }
+            },
+        )
         .await
     });
     let k = kafka.clone();

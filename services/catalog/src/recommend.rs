@@ -44,7 +44,9 @@ impl Recommendations {
         unique.sort();
         unique.dedup();
         let mut conn = self.redis.clone();
-        let mut call = self.record.key(format!("{}rec-seen:{order_id}", self.prefix));
+        let mut call = self
+            .record
+            .key(format!("{}rec-seen:{order_id}", self.prefix));
         call.arg(SEEN_TTL_SECS);
         for s in unique {
             call.arg(s);
@@ -54,7 +56,11 @@ impl Recommendations {
     }
 
     /// The `limit` SKUs most often bought with `sku`, best first.
-    pub async fn for_sku(&self, sku: &str, limit: usize) -> Result<Vec<(String, f64)>, redis::RedisError> {
+    pub async fn for_sku(
+        &self,
+        sku: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, f64)>, redis::RedisError> {
         let mut conn = self.redis.clone();
         let stop = isize::try_from(limit.clamp(1, MAX_LIMIT)).unwrap_or(10) - 1;
         redis::cmd("ZRANGE")

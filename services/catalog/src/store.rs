@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use mongodb::{
     Collection,
-    bson::{self, Bson, Document, doc},
+    bson::{Bson, Document, doc},
     options::ReturnDocument,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -47,17 +47,33 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     }
 }
 
-/// The outbox entry of one event: its envelope, encoded, and where it goes.
-fn outbox_entry(event: &NewEvent) -> Document {
-    doc! {
+/// The outbox entry of one event: where it goes and its envelope, as one JSON string (a string
+/// and not a subdocument because the MongoDB-wire server used here stores a `$push`ed
+/// subdocument as a string anyway; strings behave the same on both, see docs/STORES.md).
+fn outbox_entry(event: &NewEvent) -> String {
+    use base64::Engine as _;
+    serde_json::json!({
         "event_id": event.event_id(),
-        "topic": &event.topic,
-        "key": &event.envelope.aggregate_id,
-        "payload": Bson::Binary(bson::Binary {
-            subtype: bson::spec::BinarySubtype::Generic,
-            bytes: prost::Message::encode_to_vec(&event.envelope),
-        }),
-    }
+        "topic": event.topic,
+        "key": event.envelope.aggregate_id,
+        "payload": base64::engine::general_purpose::STANDARD
+            .encode(prost::Message::encode_to_vec(&event.envelope)),
+    })
+    .to_string()
+}
+
+/// (topic, key, payload) of a stored outbox entry.
+fn parse_entry(entry: &Bson) -> Option<(String, String, Vec<u8>)> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_str(entry.as_str()?).ok()?;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(v["payload"].as_str()?)
+        .ok()?;
+    Some((
+        v["topic"].as_str()?.to_owned(),
+        v["key"].as_str()?.to_owned(),
+        payload,
+    ))
 }
 
 fn attributes(p: &Product) -> Document {
@@ -220,16 +236,13 @@ impl OutboxRelay {
             let version = d.get("version").cloned().unwrap_or(Bson::Null);
             let mut deliveries = Vec::new();
             for e in entries {
-                let Some(e) = e.as_document() else { continue };
-                let (Ok(topic), Ok(key), Ok(payload)) =
-                    (e.get_str("topic"), e.get_str("key"), e.get_binary_generic("payload"))
-                else {
+                let Some((topic, key, payload)) = parse_entry(e) else {
                     tracing::error!(sku = id, "malformed outbox entry skipped");
                     continue;
                 };
                 match self
                     .producer
-                    .send_result(FutureRecord::to(topic).key(key).payload(payload))
+                    .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
                 {
                     Ok(d) => deliveries.push(d),
                     Err((e, _)) => anyhow::bail!("enqueue failed: {e}"),

@@ -53,7 +53,9 @@ impl Elastic {
                 .send()
                 .await?;
             // Another instance may have created it meanwhile.
-            if !created.status_code().is_success() && created.status_code() != StatusCode::BAD_REQUEST {
+            if !created.status_code().is_success()
+                && created.status_code() != StatusCode::BAD_REQUEST
+            {
                 anyhow::bail!("cannot create index {index}: {}", created.status_code());
             }
         }
@@ -171,7 +173,11 @@ impl SearchBackend for Elastic {
     }
 
     async fn get(&self, sku: &str) -> anyhow::Result<Option<IndexedProduct>> {
-        let r = self.client.get(GetParts::IndexId(&self.index, sku)).send().await?;
+        let r = self
+            .client
+            .get(GetParts::IndexId(&self.index, sku))
+            .send()
+            .await?;
         if r.status_code() == StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -101,9 +101,7 @@ impl Inner {
             IndexRecordOption::Basic,
         );
         let top = searcher.search(&q, &TopDocs::with_limit(1).order_by_score())?;
-        top.first()
-            .map(|(_, addr)| self.load(*addr))
-            .transpose()
+        top.first().map(|(_, addr)| self.load(*addr)).transpose()
     }
 
     fn load(&self, addr: DocAddress) -> anyhow::Result<IndexedProduct> {
@@ -117,7 +115,10 @@ impl Inner {
 
     /// Runs a read-then-write under the writer lock: every commit happens under it, so what
     /// `change` reads is what the write replaces (no lost update between two writers).
-    fn exclusive<T>(&self, change: impl FnOnce(&Self, &mut IndexWriter) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    fn exclusive<T>(
+        &self,
+        change: impl FnOnce(&Self, &mut IndexWriter) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let mut w = self
             .writer
             .lock()
@@ -219,12 +220,12 @@ impl SearchBackend for Embedded {
                 ));
             }
             if q.min_price_minor.is_some() || q.max_price_minor.is_some() {
-                let lo = q
-                    .min_price_minor
-                    .map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_i64(f.price, v)));
-                let hi = q
-                    .max_price_minor
-                    .map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_i64(f.price, v)));
+                let lo = q.min_price_minor.map_or(Bound::Unbounded, |v| {
+                    Bound::Included(Term::from_field_i64(f.price, v))
+                });
+                let hi = q.max_price_minor.map_or(Bound::Unbounded, |v| {
+                    Bound::Included(Term::from_field_i64(f.price, v))
+                });
                 clauses.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
             }
             if q.in_stock_only {
@@ -246,15 +247,24 @@ impl SearchBackend for Embedded {
                     (n, docs.into_iter().map(|(_, a)| a).collect())
                 }
                 Sort::PriceAsc | Sort::PriceDesc => {
-                    let order = if q.sort == Sort::PriceAsc { Order::Asc } else { Order::Desc };
-                    let (n, docs) = searcher
-                        .search(&query, &(Count, top.order_by_fast_field::<i64>("price", order)))?;
+                    let order = if q.sort == Sort::PriceAsc {
+                        Order::Asc
+                    } else {
+                        Order::Desc
+                    };
+                    let (n, docs) = searcher.search(
+                        &query,
+                        &(Count, top.order_by_fast_field::<i64>("price", order)),
+                    )?;
                     (n, docs.into_iter().map(|(_, a)| a).collect())
                 }
                 Sort::Name => {
                     let (n, docs) = searcher.search(
                         &query,
-                        &(Count, top.order_by_string_fast_field("name_sort", Order::Asc)),
+                        &(
+                            Count,
+                            top.order_by_string_fast_field("name_sort", Order::Asc),
+                        ),
                     )?;
                     (n, docs.into_iter().map(|(_, a)| a).collect())
                 }

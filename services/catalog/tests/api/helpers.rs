@@ -1,0 +1,85 @@
+//! `spawn_catalog()`: the catalog service on a free port with a database, topic namespace and
+//! Redis key prefix of its own, and an in-memory search index.
+
+use shop_messaging::testing;
+use shop_proto::{
+    catalog::{CreateProductRequest, Product, catalog_service_client::CatalogServiceClient},
+    common::Money,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct Catalog {
+    pub client: CatalogServiceClient<Channel>,
+    pub settings: shop_catalog::Settings,
+    stop: CancellationToken,
+}
+
+pub async fn spawn_catalog() -> Catalog {
+    let base = testing::service_settings("catalog");
+    let settings = shop_catalog::Settings {
+        server: shop_core::config::ServerSettings {
+            grpc_port: 0,
+            metrics_port: 0,
+            ..Default::default()
+        },
+        kafka: base.kafka.clone(),
+        mongodb_database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        search: shop_catalog::SearchSettings {
+            dir: String::new(),
+            ..Default::default()
+        },
+        relay_poll_ms: 50,
+        ..Default::default()
+    };
+    let stop = CancellationToken::new();
+    let app = shop_catalog::build(&settings, stop.clone())
+        .await
+        .expect("catalog starts");
+    let addr = app.grpc_addr();
+    tokio::spawn(app.run_until_stopped());
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_lazy();
+    Catalog {
+        client: CatalogServiceClient::new(channel),
+        settings,
+        stop,
+    }
+}
+
+pub fn product(sku: &str, name: &str, category: &str, price_minor: i64) -> Product {
+    Product {
+        sku: sku.into(),
+        name: name.into(),
+        description: format!("{name}, the one you want"),
+        category: category.into(),
+        price: Some(Money {
+            amount_minor: price_minor,
+            currency: "EUR".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+impl Catalog {
+    pub async fn create(&self, p: Product) -> Product {
+        self.client
+            .clone()
+            .create_product(CreateProductRequest { product: Some(p) })
+            .await
+            .expect("create product")
+            .into_inner()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Ok(client) = mongodb::Client::with_uri_str(&self.settings.mongodb_url).await {
+            let _ = client
+                .database(&self.settings.mongodb_database)
+                .drop()
+                .await;
+        }
+    }
+}
