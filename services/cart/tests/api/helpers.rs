@@ -1,0 +1,183 @@
+//! `spawn()`: catalog, order and cart on free ports, sharing one private topic namespace.
+
+use std::time::Duration;
+
+pub use shop_cart::domain::Limits;
+use shop_messaging::{kafka::KafkaSettings, testing};
+use shop_proto::{
+    cart::{
+        Cart, CheckoutRequest, CheckoutResponse, GetCartRequest,
+        cart_service_client::CartServiceClient,
+    },
+    catalog::{CreateProductRequest, Product, catalog_service_client::CatalogServiceClient},
+    common::{Address, Money},
+    order::order_service_client::OrderServiceClient,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct Platform {
+    pub cart: CartServiceClient<Channel>,
+    pub catalog: CatalogServiceClient<Channel>,
+    pub order: OrderServiceClient<Channel>,
+    pub kafka: KafkaSettings,
+    order_settings: shop_order::Settings,
+    catalog_settings: shop_catalog::Settings,
+    stop: CancellationToken,
+}
+
+fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_lazy()
+}
+
+pub fn session() -> String {
+    format!("s-{}", uuid::Uuid::now_v7().simple())
+}
+
+fn free_port_settings() -> shop_core::config::ServerSettings {
+    shop_core::config::ServerSettings {
+        grpc_port: 0,
+        metrics_port: 0,
+        ..Default::default()
+    }
+}
+
+pub async fn spawn(limits: Limits) -> Platform {
+    let base = testing::service_settings("cart");
+    let kafka = base.kafka.clone();
+    let stop = CancellationToken::new();
+
+    let catalog_settings = shop_catalog::Settings {
+        server: free_port_settings(),
+        kafka: kafka.clone(),
+        mongodb_database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        search: shop_catalog::SearchSettings {
+            dir: String::new(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = shop_catalog::build(&catalog_settings, stop.clone())
+        .await
+        .expect("catalog");
+    let catalog_addr = app.grpc_addr();
+    tokio::spawn(app.run_until_stopped());
+
+    let order_settings = shop_order::Settings {
+        service: base.clone(),
+        ..Default::default()
+    };
+    let app = shop_order::build(&order_settings, stop.clone())
+        .await
+        .expect("order");
+    let order_addr = app.grpc_addr();
+    tokio::spawn(app.run_until_stopped());
+
+    let cart_settings = shop_cart::Settings {
+        server: free_port_settings(),
+        kafka: kafka.clone(),
+        catalog_url: format!("http://{catalog_addr}"),
+        order_url: format!("http://{order_addr}"),
+        cart: limits,
+        relay_poll_ms: 50,
+        ..Default::default()
+    };
+    let app = shop_cart::build(&cart_settings, stop.clone())
+        .await
+        .expect("cart");
+    let cart_addr = app.grpc_addr();
+    tokio::spawn(app.run_until_stopped());
+
+    Platform {
+        cart: CartServiceClient::new(channel(cart_addr)),
+        catalog: CatalogServiceClient::new(channel(catalog_addr)),
+        order: OrderServiceClient::new(channel(order_addr)),
+        kafka,
+        order_settings,
+        catalog_settings,
+        stop,
+    }
+}
+
+impl Platform {
+    pub async fn product(&self, sku: &str, price_minor: i64) {
+        self.catalog
+            .clone()
+            .create_product(CreateProductRequest {
+                product: Some(Product {
+                    sku: sku.into(),
+                    name: sku.into(),
+                    category: "test".into(),
+                    price: Some(Money {
+                        amount_minor: price_minor,
+                        currency: "EUR".into(),
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create product");
+    }
+
+    pub async fn get(&self, session: &str) -> Cart {
+        self.cart
+            .clone()
+            .get_cart(GetCartRequest {
+                session_id: session.into(),
+            })
+            .await
+            .expect("get cart")
+            .into_inner()
+    }
+
+    pub async fn checkout(&self, session: &str) -> Result<CheckoutResponse, tonic::Status> {
+        self.cart
+            .clone()
+            .checkout(CheckoutRequest {
+                session_id: session.into(),
+                tenant_id: "t".into(),
+                customer_id: format!("customer-{session}"),
+                shipping_address: Some(Address {
+                    name: "Ada".into(),
+                    line1: "Hauptstr. 1".into(),
+                    city: "Berlin".into(),
+                    postal_code: "10115".into(),
+                    country: "DE".into(),
+                    ..Default::default()
+                }),
+                payment_account_id: "acc".into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The cart once `ok` holds (within 30 s).
+    pub async fn eventually(&self, session: &str, ok: impl Fn(&Cart) -> bool) -> Cart {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.get(session).await;
+            if ok(&c) {
+                return c;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cart never got there: {c:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        testing::drop_database(&self.order_settings.service).await;
+        if let Ok(client) = mongodb::Client::with_uri_str(&self.catalog_settings.mongodb_url).await
+        {
+            let _ = client
+                .database(&self.catalog_settings.mongodb_database)
+                .drop()
+                .await;
+        }
+    }
+}
