@@ -18,6 +18,7 @@ mod health;
 mod orders;
 mod saga;
 mod smoke;
+mod storefront;
 
 use clap::{Parser, Subcommand};
 
@@ -109,10 +110,35 @@ async fn main() -> anyhow::Result<()> {
             );
             let summary = demo::run(&args).await?;
             demo::print(&summary);
-            anyhow::ensure!(
-                summary.is_consistent(),
-                "an invariant does not hold (see above)"
-            );
+            let run = uuid::Uuid::now_v7().simple().to_string();
+            let shop = if args.shoppers > 0 {
+                let s = storefront::run(
+                    &run[20..],
+                    &format!("shop-{}", &run[20..]),
+                    args.shoppers,
+                    demo::channel,
+                )
+                .await?;
+                storefront::print(&s);
+                Some(s)
+            } else {
+                None
+            };
+            let ok = summary.is_consistent()
+                && shop
+                    .as_ref()
+                    .is_none_or(storefront::StorefrontSummary::is_consistent);
+            println!("result: {}", if ok { "OK" } else { "FAILED" });
+            let mut json = serde_json::to_value(&summary).unwrap_or_default();
+            if let Some(obj) = json.as_object_mut() {
+                obj.insert(
+                    "storefront".into(),
+                    serde_json::to_value(&shop).unwrap_or_default(),
+                );
+                obj.insert("ok".into(), ok.into());
+            }
+            println!("{json}");
+            anyhow::ensure!(ok, "an invariant does not hold (see above)");
             Ok(())
         }
         Command::Smoke(args) => {
