@@ -161,7 +161,7 @@ pub async fn build(
         Some(sqlx::migrate!()),
         shutdown.clone(),
         async |routes, health, pool| {
-            projection::init(&pool).await?;
+            projection::init(pool).await?;
             health
                 .set_serving::<OrderServiceServer<grpc::Orders>>()
                 .await;
