@@ -246,6 +246,14 @@ Argument: (dict "root" $ "name" <service> "svc" <service values>).
   value: {{ get $cfg "url" | toString | quote }}
 {{- end }}
 {{- end }}
+{{- range $peer := (get $svc "peers" | default list) }}
+{{- $peerSvc := get $root.Values.services $peer | default dict }}
+{{- if not $peerSvc }}
+{{- fail (printf "services.%s.peers names %q, which is not a service" $name $peer) }}
+{{- end }}
+- name: {{ printf "SHOP__%s_URL" (upper $peer) }}
+  value: {{ printf "http://%s:%d" (include "shop.componentName" (dict "root" $root "name" $peer)) (get $peerSvc "grpcPort" | int) | quote }}
+{{- end }}
 {{- range $key, $value := (get $svc "env" | default dict) }}
 - name: {{ $key }}
   value: {{ $value | toString | quote }}

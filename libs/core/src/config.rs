@@ -169,3 +169,18 @@ mod tests {
         out
     }
 }
+
+/// A Redis server (`SHOP__REDIS__URL`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisSettings {
+    pub url: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+        }
+    }
+}

@@ -18,7 +18,7 @@ pub mod store;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shop_core::config::{ServerSettings, TelemetrySettings};
+use shop_core::config::{RedisSettings, ServerSettings, TelemetrySettings};
 use shop_messaging::{
     inbox::HandlerError,
     kafka::KafkaSettings,
@@ -38,7 +38,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub telemetry: TelemetrySettings,
     pub kafka: KafkaSettings,
-    pub redis_url: String,
+    pub redis: RedisSettings,
     pub catalog_url: String,
     pub order_url: String,
     pub cart: domain::Limits,
@@ -58,7 +58,7 @@ impl Default for Settings {
                 client_id: "cart".into(),
                 ..KafkaSettings::default()
             },
-            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis: RedisSettings::default(),
             catalog_url: "http://127.0.0.1:50055".into(),
             order_url: "http://127.0.0.1:50051".into(),
             cart: domain::Limits::default(),
@@ -75,7 +75,7 @@ pub async fn build(
     let events_topic = kafka.topic(topics::CART_EVENTS);
     let order_events = kafka.topic(topics::ORDER_EVENTS);
     kafka.ensure_topics(&[&events_topic, &order_events]).await?;
-    let client = redis::Client::open(settings.redis_url.as_str())?;
+    let client = redis::Client::open(settings.redis.url.as_str())?;
     let redis = redis::aio::ConnectionManager::new(client).await?;
     let store = store::CartStore::new(redis.clone(), settings.cart);
     let lazy = |url: &str| -> anyhow::Result<tonic::transport::Channel> {

@@ -22,10 +22,27 @@ pub mod store;
 use std::{sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use shop_core::config::{ServerSettings, TelemetrySettings};
+use shop_core::config::{RedisSettings, ServerSettings, TelemetrySettings};
 use shop_messaging::{kafka::KafkaSettings, topics};
 use shop_proto::catalog::catalog_service_server::CatalogServiceServer;
 use tokio_util::sync::CancellationToken;
+
+/// `SHOP__MONGO__URL`, `SHOP__MONGO__DATABASE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MongoSettings {
+    pub url: String,
+    pub database: String,
+}
+
+impl Default for MongoSettings {
+    fn default() -> Self {
+        Self {
+            url: "mongodb://127.0.0.1:27017".into(),
+            database: "shop_catalog".into(),
+        }
+    }
+}
 
 /// Which search backend serves queries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,8 +52,9 @@ pub struct SearchSettings {
     pub backend: String,
     /// The embedded index's directory; empty keeps it in memory (rebuilt from the topics).
     pub dir: String,
-    pub elasticsearch_url: String,
-    pub elasticsearch_index: String,
+    /// Elasticsearch's URL (`SHOP__SEARCH__URL`, as Helm sets it) and index.
+    pub url: String,
+    pub index: String,
 }
 
 impl Default for SearchSettings {
@@ -44,8 +62,8 @@ impl Default for SearchSettings {
         Self {
             backend: "embedded".into(),
             dir: ".stack/catalog-index".into(),
-            elasticsearch_url: "http://127.0.0.1:9200".into(),
-            elasticsearch_index: "products".into(),
+            url: "http://127.0.0.1:9200".into(),
+            index: "products".into(),
         }
     }
 }
@@ -56,9 +74,8 @@ pub struct Settings {
     pub server: ServerSettings,
     pub telemetry: TelemetrySettings,
     pub kafka: KafkaSettings,
-    pub mongodb_url: String,
-    pub mongodb_database: String,
-    pub redis_url: String,
+    pub mongo: MongoSettings,
+    pub redis: RedisSettings,
     pub search: SearchSettings,
     pub relay_poll_ms: u64,
 }
@@ -76,9 +93,8 @@ impl Default for Settings {
                 client_id: "catalog".into(),
                 ..KafkaSettings::default()
             },
-            mongodb_url: "mongodb://127.0.0.1:27017".into(),
-            mongodb_database: "shop_catalog".into(),
-            redis_url: "redis://127.0.0.1:6379/0".into(),
+            mongo: MongoSettings::default(),
+            redis: RedisSettings::default(),
             search: SearchSettings::default(),
             relay_poll_ms: 100,
         }
@@ -91,9 +107,7 @@ pub async fn search_backend(s: &SearchSettings) -> anyhow::Result<Arc<dyn search
             let dir = (!s.dir.is_empty()).then(|| std::path::PathBuf::from(&s.dir));
             Arc::new(search::embedded::Embedded::open(dir.as_deref())?)
         }
-        "elasticsearch" => Arc::new(
-            search::elastic::Elastic::connect(&s.elasticsearch_url, &s.elasticsearch_index).await?,
-        ),
+        "elasticsearch" => Arc::new(search::elastic::Elastic::connect(&s.url, &s.index).await?),
         other => anyhow::bail!("unknown search backend {other} (embedded or elasticsearch)"),
     })
 }
@@ -109,15 +123,15 @@ pub async fn build(
     kafka
         .ensure_topics(&[&catalog_events, &inventory_events, &order_events])
         .await?;
-    let mongo = mongodb::Client::with_uri_str(&settings.mongodb_url).await?;
+    let mongo = mongodb::Client::with_uri_str(&settings.mongo.url).await?;
     let products = mongo
-        .database(&settings.mongodb_database)
+        .database(&settings.mongo.database)
         .collection::<mongodb::bson::Document>("products");
     let store = store::ProductStore {
         products: products.clone(),
     };
     let redis =
-        redis::aio::ConnectionManager::new(redis::Client::open(settings.redis_url.as_str())?)
+        redis::aio::ConnectionManager::new(redis::Client::open(settings.redis.url.as_str())?)
             .await?;
     let recommendations = recommend::Recommendations::new(redis, &kafka.topic_prefix);
     let search = search_backend(&settings.search).await?;

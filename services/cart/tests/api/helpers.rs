@@ -52,7 +52,10 @@ pub async fn spawn(limits: Limits) -> Platform {
     let catalog_settings = shop_catalog::Settings {
         server: free_port_settings(),
         kafka: kafka.clone(),
-        mongodb_database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        mongo: shop_catalog::MongoSettings {
+            database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+            ..Default::default()
+        },
         search: shop_catalog::SearchSettings {
             dir: String::new(),
             ..Default::default()
@@ -172,10 +175,9 @@ impl Platform {
     pub async fn stop(self) {
         self.stop.cancel();
         testing::drop_database(&self.order_settings.service).await;
-        if let Ok(client) = mongodb::Client::with_uri_str(&self.catalog_settings.mongodb_url).await
-        {
+        if let Ok(client) = mongodb::Client::with_uri_str(&self.catalog_settings.mongo.url).await {
             let _ = client
-                .database(&self.catalog_settings.mongodb_database)
+                .database(&self.catalog_settings.mongo.database)
                 .drop()
                 .await;
         }

@@ -24,7 +24,10 @@ pub async fn spawn_catalog() -> Catalog {
             ..Default::default()
         },
         kafka: base.kafka.clone(),
-        mongodb_database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        mongo: shop_catalog::MongoSettings {
+            database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+            ..Default::default()
+        },
         search: shop_catalog::SearchSettings {
             dir: String::new(),
             ..Default::default()
@@ -75,11 +78,8 @@ impl Catalog {
     pub async fn stop(self) {
         self.stop.cancel();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        if let Ok(client) = mongodb::Client::with_uri_str(&self.settings.mongodb_url).await {
-            let _ = client
-                .database(&self.settings.mongodb_database)
-                .drop()
-                .await;
+        if let Ok(client) = mongodb::Client::with_uri_str(&self.settings.mongo.url).await {
+            let _ = client.database(&self.settings.mongo.database).drop().await;
         }
     }
 }
