@@ -194,17 +194,25 @@ async fn a_double_checkout_makes_one_order_and_the_cart_follows_the_order() {
     let c = p.checkout(&s).await.expect("third submit");
     assert_eq!(c.order_id, a.order_id);
     assert!(!c.created);
-    let orders = p
-        .order
-        .clone()
-        .list_orders(ListOrdersRequest {
-            tenant_id: "t".into(),
-            customer_id: format!("customer-{s}"),
-            page: None,
-        })
-        .await
-        .expect("orders")
-        .into_inner();
+    // The customer's history is a read model (eventually consistent): wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let orders = loop {
+        let orders = p
+            .order
+            .clone()
+            .list_orders(ListOrdersRequest {
+                tenant_id: "t".into(),
+                customer_id: format!("customer-{s}"),
+                page: None,
+            })
+            .await
+            .expect("orders")
+            .into_inner();
+        if !orders.orders.is_empty() || tokio::time::Instant::now() > deadline {
+            break orders;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(orders.orders.len(), 1, "the order service has one order");
     let order = p
         .order
