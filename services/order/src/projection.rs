@@ -387,17 +387,10 @@ async fn rebuild_locked(pool: &PgPool) -> Result<(i32, u64), sqlx::Error> {
     // Bulk of the replay, a batch per transaction, while everything else carries on.
     loop {
         let mut tx = pool.begin().await?;
-        let events = settled_after(&mut tx, cursor, BATCH).await?;
-        for e in &events {
-            apply(&mut tx, next, e).await?;
-        }
+        let n = apply_next_batch(&mut tx, next, &mut cursor).await?;
         tx.commit().await?;
-        replayed += events.len() as u64;
-        match events.last() {
-            Some(last) => cursor = (last.tx, last.position),
-            None => break,
-        }
-        if events.len() < BATCH as usize {
+        replayed += n as u64;
+        if n < BATCH as usize {
             break;
         }
     }
@@ -408,16 +401,9 @@ async fn rebuild_locked(pool: &PgPool) -> Result<(i32, u64), sqlx::Error> {
         .execute(&mut *tx)
         .await?;
     loop {
-        let events = settled_after(&mut tx, cursor, BATCH).await?;
-        for e in &events {
-            apply(&mut tx, next, e).await?;
-        }
-        replayed += events.len() as u64;
-        match events.last() {
-            Some(last) => cursor = (last.tx, last.position),
-            None => break,
-        }
-        if events.len() < BATCH as usize {
+        let n = apply_next_batch(&mut tx, next, &mut cursor).await?;
+        replayed += n as u64;
+        if n < BATCH as usize {
             break;
         }
     }
@@ -447,6 +433,23 @@ async fn rebuild_locked(pool: &PgPool) -> Result<(i32, u64), sqlx::Error> {
         "read models rebuilt and swapped in"
     );
     Ok((next, replayed))
+}
+
+/// Applies the next settled batch after `cursor` to generation `g` and moves the cursor past it;
+/// returns how many events it applied.
+async fn apply_next_batch(
+    conn: &mut PgConnection,
+    g: i32,
+    cursor: &mut (i64, i64),
+) -> Result<usize, sqlx::Error> {
+    let events = settled_after(conn, *cursor, BATCH).await?;
+    for e in &events {
+        apply(conn, g, e).await?;
+    }
+    if let Some(last) = events.last() {
+        *cursor = (last.tx, last.position);
+    }
+    Ok(events.len())
 }
 
 /// A row of `order_summary` / `customer_orders`.

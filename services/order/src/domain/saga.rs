@@ -432,7 +432,7 @@ fn done_before(step: Step) -> Vec<Step> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -545,7 +545,8 @@ mod tests {
         assert!(!done.apply(&Succeeded(Reserve), &policy).changed());
     }
 
-    fn event() -> impl Strategy<Value = Event> {
+    /// Any input, valid in the current state or not (shared with the stream's tests).
+    pub(crate) fn event() -> impl Strategy<Value = Event> {
         let step = prop_oneof![Just(Reserve), Just(Charge), Just(Ship), Just(Commit)];
         prop_oneof![
             step.clone().prop_map(Succeeded),

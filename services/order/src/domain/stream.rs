@@ -615,19 +615,7 @@ mod tests {
         );
     }
 
-    fn input() -> impl Strategy<Value = Event> {
-        use Event::*;
-        use Step::*;
-        let step = prop_oneof![Just(Reserve), Just(Charge), Just(Ship), Just(Commit)];
-        prop_oneof![
-            step.clone().prop_map(Succeeded),
-            step.clone().prop_map(|s| Failed(s, "no".into())),
-            step.prop_map(Compensated),
-            Just(TimedOut),
-            Just(RetryRequested),
-            Just(CompensateRequested("operator".into())),
-        ]
-    }
+    use crate::domain::saga::tests::event as input;
 
     proptest! {
         /// A snapshot (stored as JSON, read back) plus the events after it gives exactly the
