@@ -328,6 +328,8 @@ cmd_reset() {
       redis|kafka|clickhouse|mongo) "down_$c"; rm -rf "${STACK_DIR:?}/$c" ;;
       *) die "unknown component $c" ;;
     esac
+    # The catalog's embedded search index describes the products in MongoDB: it goes with them.
+    [ "$c" = mongo ] && rm -rf "${STACK_DIR:?}/catalog-index"
     sed -i "/^$c\$/d" "$RUN_DIR/started" 2>/dev/null || true
   done
   log "reset: ${components[*]}"
