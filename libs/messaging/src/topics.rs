@@ -6,6 +6,8 @@
 //! its own `shop.<service>.events`, which the order saga and any other interested service consume.
 
 pub const ORDER_EVENTS: &str = "shop.order.events";
+/// Every decision of the order saga (`order.saga_progressed`), for whoever follows sagas closely.
+pub const ORDER_SAGA: &str = "shop.order.saga";
 pub const INVENTORY_COMMANDS: &str = "shop.inventory.commands";
 pub const INVENTORY_EVENTS: &str = "shop.inventory.events";
 pub const PAYMENT_COMMANDS: &str = "shop.payment.commands";

@@ -47,6 +47,9 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub order_events: String,
+    /// The saga's progress (`order.saga_progressed`), apart from `order_events` so that the
+    /// services that only care about placed / completed / cancelled do not fetch it.
+    pub order_saga: String,
     pub inventory_commands: String,
     pub payment_commands: String,
     pub shipping_commands: String,
@@ -59,6 +62,7 @@ impl Topics {
     pub fn new(kafka: &shop_messaging::kafka::KafkaSettings) -> Self {
         Self {
             order_events: kafka.topic(topics::ORDER_EVENTS),
+            order_saga: kafka.topic(topics::ORDER_SAGA),
             inventory_commands: kafka.topic(topics::INVENTORY_COMMANDS),
             payment_commands: kafka.topic(topics::PAYMENT_COMMANDS),
             shipping_commands: kafka.topic(topics::SHIPPING_COMMANDS),
@@ -71,6 +75,7 @@ impl Topics {
     pub fn all(&self) -> Vec<&str> {
         vec![
             &self.order_events,
+            &self.order_saga,
             &self.inventory_commands,
             &self.payment_commands,
             &self.shipping_commands,
@@ -247,7 +252,15 @@ impl Orchestrator {
                     saga_state: order.saga.state.as_str().to_owned(),
                     reason,
                 };
-                self.order_event(order, types::ORDER_SAGA_PROGRESSED, &progressed)
+                NewEvent::new(
+                    &self.topics.order_saga,
+                    types::ORDER_SAGA_PROGRESSED,
+                    "order",
+                    order.id.to_string(),
+                    &progressed,
+                )
+                .tenant(tenant(order))
+                .correlation(order.id.to_string())
             }
             // Only `start` appends `order_placed`, and it publishes it itself.
             OrderEvent::Placed(_) => {
