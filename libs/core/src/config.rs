@@ -56,6 +56,17 @@ pub struct ServerSettings {
     pub shutdown_grace_ms: u64,
 }
 
+impl ServerSettings {
+    /// The defaults, on these ports (a service's local-stack ports).
+    pub fn on_ports(grpc_port: u16, metrics_port: u16) -> Self {
+        Self {
+            grpc_port,
+            metrics_port,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {

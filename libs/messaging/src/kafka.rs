@@ -36,6 +36,16 @@ pub struct KafkaSettings {
     pub extra: BTreeMap<String, String>,
 }
 
+impl KafkaSettings {
+    /// The defaults, with `client_id` naming the service.
+    pub fn for_client(client_id: &str) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         Self {

@@ -534,3 +534,34 @@ pub async fn delete_published(pool: &PgPool, retention: Duration) -> Result<u64,
         }
     }
 }
+
+/// The loop of a relay over another store's outbox (the cart's Redis stream, the catalog's
+/// in-document outbox): `round` publishes a batch and says whether more is waiting; then the
+/// next round comes at once, otherwise after `poll` (after `5 x poll` when the round failed),
+/// until `shutdown`.
+pub async fn run_rounds<F, Fut>(
+    what: &str,
+    poll: Duration,
+    shutdown: CancellationToken,
+    mut round: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    while !shutdown.is_cancelled() {
+        let wait = match round().await {
+            Ok(true) => Duration::ZERO,
+            Ok(false) => poll,
+            Err(e) => {
+                tracing::warn!(relay = what, error = %e, "outbox round failed");
+                poll * 5
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    Ok(())
+}

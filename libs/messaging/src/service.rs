@@ -69,16 +69,9 @@ impl PgServiceSettings {
     /// Local-stack defaults for service `name`: database `shop_<name>`, the given ports.
     pub fn local(name: &str, grpc_port: u16, metrics_port: u16) -> Self {
         Self {
-            server: ServerSettings {
-                grpc_port,
-                metrics_port,
-                ..ServerSettings::default()
-            },
+            server: ServerSettings::on_ports(grpc_port, metrics_port),
             database: DatabaseSettings::local(&format!("shop_{name}")),
-            kafka: KafkaSettings {
-                client_id: name.to_owned(),
-                ..KafkaSettings::default()
-            },
+            kafka: KafkaSettings::for_client(name),
             ..Self::default()
         }
     }

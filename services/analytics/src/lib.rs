@@ -43,16 +43,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            server: ServerSettings {
-                grpc_port: 50057,
-                metrics_port: 9107,
-                ..ServerSettings::default()
-            },
+            server: ServerSettings::on_ports(50057, 9107),
             telemetry: TelemetrySettings::default(),
-            kafka: KafkaSettings {
-                client_id: "analytics".into(),
-                ..KafkaSettings::default()
-            },
+            kafka: KafkaSettings::for_client("analytics"),
             clickhouse: store::ClickHouseSettings::default(),
             batch_rows: 10_000,
             batch_ms: 1_000,

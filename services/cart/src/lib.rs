@@ -48,16 +48,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            server: ServerSettings {
-                grpc_port: 50056,
-                metrics_port: 9106,
-                ..ServerSettings::default()
-            },
+            server: ServerSettings::on_ports(50056, 9106),
             telemetry: TelemetrySettings::default(),
-            kafka: KafkaSettings {
-                client_id: "cart".into(),
-                ..KafkaSettings::default()
-            },
+            kafka: KafkaSettings::for_client("cart"),
             redis: RedisSettings::default(),
             catalog_url: "http://127.0.0.1:50055".into(),
             order_url: "http://127.0.0.1:50051".into(),

@@ -98,20 +98,9 @@ impl Relay {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        while !shutdown.is_cancelled() {
-            let wait = match self.relay_once().await {
-                Ok(n) if n >= BATCH => Duration::ZERO,
-                Ok(_) => self.poll,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cart outbox round failed");
-                    self.poll * 5
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-        Ok(())
+        shop_messaging::outbox::run_rounds("cart", self.poll, shutdown, || async {
+            Ok(self.relay_once().await? >= BATCH)
+        })
+        .await
     }
 }

@@ -83,16 +83,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            server: ServerSettings {
-                grpc_port: 50055,
-                metrics_port: 9105,
-                ..ServerSettings::default()
-            },
+            server: ServerSettings::on_ports(50055, 9105),
             telemetry: TelemetrySettings::default(),
-            kafka: KafkaSettings {
-                client_id: "catalog".into(),
-                ..KafkaSettings::default()
-            },
+            kafka: KafkaSettings::for_client("catalog"),
             mongo: MongoSettings::default(),
             redis: RedisSettings::default(),
             search: SearchSettings::default(),

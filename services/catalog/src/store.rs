@@ -273,20 +273,9 @@ impl OutboxRelay {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        while !shutdown.is_cancelled() {
-            let wait = match self.relay_once().await {
-                Ok(n) if n > 0 => Duration::ZERO,
-                Ok(_) => self.poll,
-                Err(e) => {
-                    tracing::warn!(error = %e, "catalog outbox round failed");
-                    self.poll * 5
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-        Ok(())
+        shop_messaging::outbox::run_rounds("catalog", self.poll, shutdown, || async {
+            Ok(self.relay_once().await? > 0)
+        })
+        .await
     }
 }

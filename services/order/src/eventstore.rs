@@ -20,6 +20,10 @@ pub struct NewStreamEvent {
     pub metadata: Value,
 }
 
+/// The columns of [`Recorded`], in its field order.
+pub const RECORDED_COLUMNS: &str =
+    "position, tx, stream_id, version, event_type, schema_version, payload, metadata, recorded_at";
+
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Recorded {
@@ -68,20 +72,30 @@ pub async fn append(
         actual: expected,
     })?;
     let mut sp = conn.begin().await?;
-    let inserted: Result<Vec<Recorded>, _> = sqlx::query_as(
+    let inserted: Result<Vec<Recorded>, _> = sqlx::query_as(&format!(
         "INSERT INTO events (stream_id, version, event_type, schema_version, payload, metadata)
          SELECT $1, $2 + e.ord::int - 1, e.event_type, e.schema_version, e.payload, e.metadata
          FROM UNNEST($3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
               WITH ORDINALITY AS e(event_type, schema_version, payload, metadata, ord)
          WHERE (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1) = $2 - 1
-         RETURNING position, tx, stream_id, version, event_type, schema_version, payload, metadata, recorded_at",
-    )
+         RETURNING {RECORDED_COLUMNS}"
+    ))
     .bind(stream)
     .bind(first)
-    .bind(events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_type.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(events.iter().map(|e| e.schema_version).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.metadata.clone()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.metadata.clone())
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *sp)
     .await;
     match inserted {
@@ -150,13 +164,13 @@ pub async fn read(
     let mut out: Vec<Recorded> = Vec::new();
     let mut from = i64::try_from(after).unwrap_or(i64::MAX);
     loop {
-        let page: Vec<Recorded> = sqlx::query_as(
-            "SELECT position, tx, stream_id, version, event_type, schema_version, payload, metadata, recorded_at
+        let page: Vec<Recorded> = sqlx::query_as(&format!(
+            "SELECT {RECORDED_COLUMNS}
              FROM events
              WHERE stream_id = $1 AND version > $2 AND version <= $3
                AND ($4::timestamptz IS NULL OR recorded_at <= $4)
-             ORDER BY version LIMIT $5",
-        )
+             ORDER BY version LIMIT $5"
+        ))
         .bind(stream)
         .bind(from)
         .bind(max_version)

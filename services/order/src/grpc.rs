@@ -400,18 +400,13 @@ impl Orders {
             .await
             .map_err(ServiceError::from)?
             .ok_or_else(|| ServiceError::NotFound(format!("saga {id}")))?;
-        let version_before = self
-            .store()
-            .load(&mut tx, id)
-            .await
-            .map_err(ServiceError::from)?
-            .map_or(0, |o| o.version);
         let after = self
             .saga
             .advance(&mut tx, id, &event, None)
             .await
             .map_err(ServiceError::from)?;
-        if after.as_ref().is_none_or(|o| o.version == version_before) {
+        // The index row mirrors the saga: an unchanged saga means the request did not fit.
+        if after.as_ref().is_none_or(|o| o.saga == before.saga) {
             return Err(ServiceError::FailedPrecondition(format!(
                 "saga {id} is {} and cannot be {}",
                 before.saga.state.as_str(),

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::stream::{self, OrderEvent},
-    eventstore::Recorded,
+    eventstore::{RECORDED_COLUMNS, Recorded},
 };
 
 /// The projection's name in `projection_checkpoint`.
@@ -128,13 +128,13 @@ async fn settled_after(
     after: (i64, i64),
     limit: i64,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT position, tx, stream_id, version, event_type, schema_version, payload, metadata, recorded_at
+    sqlx::query_as(&format!(
+        "SELECT {RECORDED_COLUMNS}
          FROM events
          WHERE (tx, position) > ($1, $2)
            AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-         ORDER BY tx, position LIMIT $3",
-    )
+         ORDER BY tx, position LIMIT $3"
+    ))
     .bind(after.0)
     .bind(after.1)
     .bind(limit)

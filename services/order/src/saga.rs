@@ -196,17 +196,21 @@ impl Orchestrator {
             }
             out.push(e);
         }
-        for (e, recorded) in &appended {
-            out.push(self.integration_event(&order, e, recorded));
-        }
+        out.extend(
+            appended
+                .iter()
+                .filter_map(|(e, recorded)| self.integration_event(&order, e, recorded)),
+        );
         outbox::enqueue_all(conn, &out).await?;
         Ok(Some(order))
     }
 
-    /// The Kafka message that publishes one stream event on `shop.order.events`.
-    fn integration_event(&self, order: &Order, e: &OrderEvent, r: &Recorded) -> NewEvent {
+    /// The Kafka message that publishes one stream event appended by a transition (`start`
+    /// publishes `order_placed` itself).
+    fn integration_event(&self, order: &Order, e: &OrderEvent, r: &Recorded) -> Option<NewEvent> {
         let id = order.id.to_string();
-        match e {
+        Some(match e {
+            OrderEvent::Placed(_) => return None,
             OrderEvent::Completed => {
                 let done = OrderCompleted {
                     order_id: id,
@@ -262,11 +266,7 @@ impl Orchestrator {
                 .tenant(tenant(order))
                 .correlation(order.id.to_string())
             }
-            // Only `start` appends `order_placed`, and it publishes it itself.
-            OrderEvent::Placed(_) => {
-                self.order_event(order, types::ORDER_PLACED, &OrderPlaced::default())
-            }
-        }
+        })
     }
 
     fn deadline(&self, saga: &Saga) -> chrono::DateTime<Utc> {

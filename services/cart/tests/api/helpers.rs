@@ -36,21 +36,14 @@ pub fn session() -> String {
     format!("s-{}", uuid::Uuid::now_v7().simple())
 }
 
-fn free_port_settings() -> shop_core::config::ServerSettings {
-    shop_core::config::ServerSettings {
-        grpc_port: 0,
-        metrics_port: 0,
-        ..Default::default()
-    }
-}
-
 pub async fn spawn(limits: Limits) -> Platform {
     let base = testing::service_settings("cart");
     let kafka = base.kafka.clone();
     let stop = CancellationToken::new();
 
     let catalog_settings = shop_catalog::Settings {
-        server: free_port_settings(),
+        // Port 0 (the default): free ports.
+        server: shop_core::config::ServerSettings::default(),
         kafka: kafka.clone(),
         mongo: shop_catalog::MongoSettings {
             database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
@@ -79,7 +72,8 @@ pub async fn spawn(limits: Limits) -> Platform {
     tokio::spawn(app.run_until_stopped());
 
     let cart_settings = shop_cart::Settings {
-        server: free_port_settings(),
+        // Port 0 (the default): free ports.
+        server: shop_core::config::ServerSettings::default(),
         kafka: kafka.clone(),
         catalog_url: format!("http://{catalog_addr}"),
         order_url: format!("http://{order_addr}"),

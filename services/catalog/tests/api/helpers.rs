@@ -18,11 +18,8 @@ pub struct Catalog {
 pub async fn spawn_catalog() -> Catalog {
     let base = testing::service_settings("catalog");
     let settings = shop_catalog::Settings {
-        server: shop_core::config::ServerSettings {
-            grpc_port: 0,
-            metrics_port: 0,
-            ..Default::default()
-        },
+        // Port 0 (the default): free ports.
+        server: shop_core::config::ServerSettings::default(),
         kafka: base.kafka.clone(),
         mongo: shop_catalog::MongoSettings {
             database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),

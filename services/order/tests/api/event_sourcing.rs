@@ -357,10 +357,10 @@ async fn read_models_follow_the_sagas_rebuild_to_the_same_rows_and_ignore_redeli
             .await
             .expect("generation");
     let mut conn = p.order_db.acquire().await.expect("conn");
-    let all: Vec<shop_order::eventstore::Recorded> = sqlx::query_as(
-        "SELECT position, tx, stream_id, version, event_type, schema_version, payload, metadata, recorded_at
-         FROM events ORDER BY tx, position",
-    )
+    let all: Vec<shop_order::eventstore::Recorded> = sqlx::query_as(&format!(
+        "SELECT {} FROM events ORDER BY tx, position",
+        shop_order::eventstore::RECORDED_COLUMNS
+    ))
     .fetch_all(&mut *conn)
     .await
     .expect("events");
