@@ -7,7 +7,7 @@
 //! matters more than throughput here); a message that does not decode, or a permanent error, is
 //! logged, counted and skipped.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use prost::Message as _;
@@ -31,12 +31,18 @@ where
     F: Fn(EventEnvelope) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
-    let consumer: StreamConsumer = kafka.consumer(group)?;
+    let consumer: Arc<StreamConsumer> = Arc::new(kafka.consumer(group)?);
     consumer.subscribe(topics)?;
+    let mut guard = kafka.assignment_guard(group, topics);
+    let mut guard_tick = tokio::time::interval(crate::group::CHECK_EVERY);
     tracing::info!(group, ?topics, "consumer started");
     loop {
         let msg = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = guard_tick.tick() => {
+                guard.check(&consumer).await;
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let msg = match msg {

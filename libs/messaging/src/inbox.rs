@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     envelope::EventEnvelope,
+    group::AssignmentGuard,
     kafka::{KafkaSettings, dead_letter_topic},
 };
 
@@ -119,6 +120,8 @@ pub struct InboxStats {
     pub duplicates: AtomicU64,
     pub retries: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Times the [`crate::group::AssignmentGuard`] made this consumer rejoin its group.
+    pub rejoins: AtomicU64,
 }
 
 /// Exports librdkafka's per-partition consumer lag as a gauge.
@@ -149,11 +152,13 @@ impl ConsumerContext for LagContext {}
 
 pub struct Inbox<H> {
     pool: PgPool,
-    consumer: StreamConsumer<LagContext>,
+    /// Shared with the assignment guard's offset reads.
+    consumer: Arc<StreamConsumer<LagContext>>,
     dlq_producer: FutureProducer,
     handler: H,
     config: InboxConfig,
     stats: Arc<InboxStats>,
+    guard: AssignmentGuard,
 }
 
 /// Where a batch stopped.
@@ -195,13 +200,15 @@ impl<H: Handler> Inbox<H> {
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("cannot subscribe")?;
         let dlq_producer = kafka.producer(Duration::from_secs(30))?;
+        let guard = kafka.assignment_guard(&config.consumer, &topics);
         Ok(Self {
             pool,
-            consumer,
+            consumer: Arc::new(consumer),
             dlq_producer,
             handler,
             config,
             stats: Arc::default(),
+            guard,
         })
     }
 
@@ -211,15 +218,22 @@ impl<H: Handler> Inbox<H> {
 
     /// Consumes until `shutdown`; the message in hand is finished (or left for redelivery if it
     /// is between retries), then stored offsets are committed.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(consumer = %self.config.consumer, topics = ?self.config.topics, "inbox consumer started");
         let mut cleanup = tokio::time::interval(Duration::from_secs(3600));
+        let mut guard_tick = tokio::time::interval(crate::group::CHECK_EVERY);
         'consume: loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = cleanup.tick() => {
                     if let Err(e) = self.delete_expired().await {
                         tracing::warn!(error = ?e, "inbox cleanup failed");
+                    }
+                    continue;
+                }
+                _ = guard_tick.tick() => {
+                    if self.guard.check(&self.consumer).await {
+                        self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
                     }
                     continue;
                 }

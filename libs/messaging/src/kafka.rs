@@ -20,6 +20,11 @@ use rdkafka::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::group::AssignmentGuard;
+
+/// A consumer that stops heartbeating for this long leaves its group.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KafkaSettings {
@@ -115,10 +120,19 @@ impl KafkaSettings {
             .set("auto.commit.interval.ms", "5000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
             // Return fetched data quickly: latency over fewer, fuller fetches.
             .set("fetch.wait.max.ms", "100");
         self.with_extra(config)
+    }
+
+    /// The guard a consume loop of `group` calls every [`crate::group::CHECK_EVERY`]: after a
+    /// session timeout without partitions, it rejoins if some partition is not consumed.
+    pub fn assignment_guard(&self, group: &str, topics: &[&str]) -> AssignmentGuard {
+        AssignmentGuard::new(group, topics, SESSION_TIMEOUT)
     }
 
     pub fn consumer(&self, group: &str) -> anyhow::Result<StreamConsumer> {

@@ -17,7 +17,7 @@ use rdkafka::{
     Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
 };
-use shop_messaging::{envelope::EventEnvelope, kafka::KafkaSettings};
+use shop_messaging::{envelope::EventEnvelope, group::AssignmentGuard, kafka::KafkaSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::{rows, store::Store};
@@ -30,7 +30,8 @@ pub struct IngestStats {
 }
 
 pub struct Ingest {
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
+    guard: AssignmentGuard,
     store: Store,
     batch_rows: usize,
     batch_time: Duration,
@@ -49,7 +50,8 @@ impl Ingest {
         let consumer = kafka.consumer(group)?;
         consumer.subscribe(topics)?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
+            guard: kafka.assignment_guard(group, topics),
             store,
             batch_rows,
             batch_time: Duration::from_millis(batch_ms),
@@ -61,10 +63,15 @@ impl Ingest {
         self.stats.clone()
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut guard_tick = tokio::time::interval(shop_messaging::group::CHECK_EVERY);
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
+                _ = guard_tick.tick() => {
+                    self.guard.check(&self.consumer).await;
+                    continue;
+                }
                 m = self.consumer.recv() => m,
             };
             let Ok(first) =

@@ -1,7 +1,7 @@
 //! SIGKILL the order service mid-run: every saga still ends terminal, and the invariants hold.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
@@ -21,7 +21,7 @@ impl Drop for OrderProcess {
 
 fn spawn_order_process(p: &Platform, grpc_port: u16, run: u32) -> OrderProcess {
     let s = &p.order_settings;
-    // Its warnings go to a file, for when this test fails.
+    // Its logs go to a file, for when this test fails.
     let log =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-order-{run}.log"));
     let log = std::fs::File::create(&log).expect("log file");
@@ -37,8 +37,11 @@ fn spawn_order_process(p: &Platform, grpc_port: u16, run: u32) -> OrderProcess {
         .env("SHOP__SAGA__SHIP_TIMEOUT_MS", "5000")
         .env("SHOP__SAGA__SETTLE_TIMEOUT_MS", "5000")
         .env("SHOP__SAGA__SWEEP_INTERVAL_MS", "200")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        // The consumer group's protocol too (librdkafka's `cgrp` debug context).
+        .env("RUST_LOG", "warn,librdkafka=debug")
+        .env("SHOP_KAFKA_DEBUG", "cgrp")
+        // Logs are JSON lines on stdout.
+        .stdout(log.try_clone().expect("log file"))
         .stderr(log)
         .spawn()
         .map(OrderProcess)

@@ -302,10 +302,64 @@ impl Platform {
                         saga_id: order_id.into(),
                     })
                     .await;
-                panic!("order {order_id} did not settle within {within:?}: {saga:#?}");
+                let trace = self.trace(order_id).await;
+                panic!("order {order_id} did not settle within {within:?}: {saga:#?}\n{trace}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Every message keyed by `order_id` that any of the four services enqueued, with when it
+    /// was published and which consumers applied it (for a test that failed to settle).
+    pub async fn trace(&self, order_id: &str) -> String {
+        type Sent = (uuid::Uuid, String, String, String, Option<String>, i32);
+        type Applied = (uuid::Uuid, String, i32, i64, String, String);
+        let mut sent: Vec<(String, Sent)> = Vec::new();
+        let mut applied: Vec<Applied> = Vec::new();
+        let mut pools = Vec::new();
+        for s in &self.settings {
+            let name = s.database.url.rsplit('_').next().unwrap_or("?").to_owned();
+            let Ok(pool) = sqlx::PgPool::connect(&s.database.url).await else {
+                continue;
+            };
+            let rows: Vec<Sent> = sqlx::query_as(
+                "SELECT event_id, topic, event_type, created_at::text, published_at::text, attempts
+                   FROM outbox WHERE partition_key = $1 ORDER BY id",
+            )
+            .bind(order_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            sent.extend(rows.into_iter().map(|r| (name.clone(), r)));
+            pools.push(pool);
+        }
+        let ids: Vec<uuid::Uuid> = sent.iter().map(|(_, r)| r.0).collect();
+        for pool in &pools {
+            let rows: Vec<Applied> = sqlx::query_as(
+                "SELECT event_id, consumer, kafka_partition, kafka_offset, outcome,
+                        processed_at::text FROM inbox WHERE event_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+            applied.extend(rows);
+            pool.close().await;
+        }
+        let mut out = format!("messages keyed {order_id}:\n");
+        for (from, (id, topic, kind, created, published, attempts)) in &sent {
+            out.push_str(&format!(
+                "  {created} {from} -> {topic} {kind} {id} published={published:?} attempts={attempts}\n"
+            ));
+            for (_, consumer, partition, offset, outcome, at) in
+                applied.iter().filter(|a| a.0 == *id)
+            {
+                out.push_str(&format!(
+                    "      applied by {consumer} from partition {partition} offset {offset}: {outcome} at {at}\n"
+                ));
+            }
+        }
+        out
     }
 
     /// Orders charged more than once, in the payment ledger: must be 0.
