@@ -34,6 +34,11 @@ pub struct KafkaSettings {
     /// Partitions for topics this service creates.
     pub partitions: i32,
     pub replication_factor: i32,
+    /// The longest a consumer's fetch waits at the broker (`fetch.wait.max.ms`). Apache Kafka
+    /// answers as soon as data arrives, so this only bounds idle polling there; tansu 0.6 holds
+    /// every fetch for the whole wait, data or not, so on the native stack it is a per-hop
+    /// latency floor (infra/local/services.sh sets 25 ms; docs/STORES.md).
+    pub fetch_wait_ms: u32,
     /// Prepended to every topic name (e.g. `staging.`): several environments or test runs
     /// share one cluster without seeing each other's messages.
     pub topic_prefix: String,
@@ -58,6 +63,7 @@ impl Default for KafkaSettings {
             client_id: "shop".into(),
             partitions: 4,
             replication_factor: 1,
+            fetch_wait_ms: 100,
             topic_prefix: String::new(),
             extra: BTreeMap::new(),
         }
@@ -124,8 +130,7 @@ impl KafkaSettings {
                 "session.timeout.ms",
                 SESSION_TIMEOUT.as_millis().to_string(),
             )
-            // Return fetched data quickly: latency over fewer, fuller fetches.
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string());
         self.with_extra(config)
     }
 
