@@ -7,10 +7,11 @@
 //! assigned, forever (docs/STORES.md has the sequence). The symptom is silent: the consumer
 //! heartbeats, fetches nothing, and messages pile up unread.
 //!
-//! [`AssignmentGuard::check`], called every [`CHECK_EVERY`] from a consume loop, notices a member
-//! that has had no partitions for longer than a session timeout. It then looks for partitions
+//! [`AssignmentGuard::check`], called from a consume loop whenever [`AssignmentGuard::due`]
+//! says so (every 5 s), notices a member that has had no partitions for longer than a session
+//! timeout. It then looks for partitions
 //! that nobody consumes: behind their high watermark, with the group's committed offset not
-//! moving over [`STALL_WINDOW`] (a live owner commits every 5 s). If it finds one, the member
+//! moving for 10 s (a live owner commits every 5 s). If it finds one, the member
 //! leaves and rejoins the group (unsubscribe + subscribe). Nothing is lost: an empty member has no
 //! offsets to store, and the rejoin starts from the group's committed offsets. (Counting the
 //! group's members would be simpler, but tansu's DescribeGroups fails on its SQLite storage.)
@@ -30,13 +31,16 @@ use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{Consumer, ConsumerContext, StreamConsumer},
 };
+use tokio::time::Interval;
 
-/// How often consume loops call [`AssignmentGuard::check`].
-pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+use crate::kafka::SESSION_TIMEOUT;
+
+/// How often [`AssignmentGuard::due`] fires.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a lagging partition's committed offset must stand still to count as unconsumed:
 /// twice the consumers' auto-commit interval.
-pub const STALL_WINDOW: Duration = Duration::from_secs(10);
+const STALL_WINDOW: Duration = Duration::from_secs(10);
 
 /// (topic, partition) -> the group's position in it (committed offset, else the low watermark).
 type Positions = HashMap<(String, i32), i64>;
@@ -44,15 +48,14 @@ type Positions = HashMap<(String, i32), i64>;
 pub struct AssignmentGuard {
     group: String,
     topics: Vec<String>,
-    grace: Duration,
+    every: Interval,
     empty_since: Option<Instant>,
     /// Lagging partitions seen at a time, to compare with a later look.
     lagging: Option<(Instant, Positions)>,
-    rejoins: u64,
 }
 
 /// The partitions lagging at both looks whose position did not move in between.
-pub fn stalled(before: &Positions, now: &Positions) -> Vec<(String, i32)> {
+fn stalled(before: &Positions, now: &Positions) -> Vec<(String, i32)> {
     let mut out: Vec<(String, i32)> = now
         .iter()
         .filter(|(tp, position)| before.get(*tp) == Some(*position))
@@ -63,60 +66,61 @@ pub fn stalled(before: &Positions, now: &Positions) -> Vec<(String, i32)> {
 }
 
 impl AssignmentGuard {
-    /// Guards a consumer of `group` subscribed to `topics`; it looks after `grace` without
-    /// partitions.
-    pub fn new(group: &str, topics: &[&str], grace: Duration) -> Self {
+    /// Guards a consumer of `group` subscribed to `topics`.
+    pub fn new(group: &str, topics: &[&str]) -> Self {
         Self {
             group: group.to_owned(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
-            grace,
+            every: tokio::time::interval(CHECK_EVERY),
             empty_since: None,
             lagging: None,
-            rejoins: 0,
         }
     }
 
-    /// Rejoins the group this guard has forced so far.
-    pub fn rejoins(&self) -> u64 {
-        self.rejoins
+    /// Resolves when the next [`AssignmentGuard::check`] is due: a `select!` arm beside the
+    /// consumer's `recv()`.
+    pub async fn due(&mut self) {
+        self.every.tick().await;
     }
 
-    /// Returns whether it made `consumer` rejoin its group. Call it between messages: it reads
-    /// offsets through `consumer` on a blocking thread.
-    pub async fn check<C: ConsumerContext + 'static>(
-        &mut self,
-        consumer: &Arc<StreamConsumer<C>>,
-    ) -> bool {
-        let assigned = consumer.assignment().map_or(0, |a| a.count());
-        if assigned > 0 {
+    /// Makes `consumer` rejoin its group if it has had no partitions for a session timeout
+    /// while some partition goes unconsumed. Call it between messages: it reads offsets through
+    /// `consumer` on a blocking thread.
+    pub async fn check<C: ConsumerContext + 'static>(&mut self, consumer: &Arc<StreamConsumer<C>>) {
+        if consumer.assignment().is_ok_and(|a| a.count() > 0) {
             self.empty_since = None;
             self.lagging = None;
-            return false;
+            return;
         }
         let since = *self.empty_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < self.grace {
-            return false;
+        if since.elapsed() < SESSION_TIMEOUT
+            || self
+                .lagging
+                .as_ref()
+                // Checks come every 5 s: half a period of slack makes the next look the one a
+                // window after this one, whatever the read times.
+                .is_some_and(|(at, _)| at.elapsed() + CHECK_EVERY / 2 < STALL_WINDOW)
+        {
+            return;
         }
+        let looked_at = Instant::now();
         let now = match self.lagging_positions(consumer.clone()).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(group = %self.group, error = ?e, "cannot read the group's offsets");
-                return false;
+                return;
             }
         };
-        let stalled = match self.lagging.take() {
-            Some((at, before)) if at.elapsed() >= STALL_WINDOW => stalled(&before, &now),
-            Some(earlier) => {
-                self.lagging = Some(earlier);
-                return false;
-            }
-            None => Vec::new(),
-        };
+        let stalled = self
+            .lagging
+            .take()
+            .map(|(_, before)| stalled(&before, &now))
+            .unwrap_or_default();
         if stalled.is_empty() {
             if !now.is_empty() {
-                self.lagging = Some((Instant::now(), now));
+                self.lagging = Some((looked_at, now));
             }
-            return false;
+            return;
         }
         tracing::warn!(
             group = %self.group,
@@ -131,9 +135,7 @@ impl AssignmentGuard {
         if let Err(e) = consumer.subscribe(&topics) {
             tracing::error!(group = %self.group, error = %e, "cannot subscribe again");
         }
-        self.rejoins += 1;
         self.empty_since = None;
-        true
     }
 
     /// The subscribed partitions whose group position is behind the high watermark.

@@ -120,8 +120,6 @@ pub struct InboxStats {
     pub duplicates: AtomicU64,
     pub retries: AtomicU64,
     pub dead_lettered: AtomicU64,
-    /// Times the [`crate::group::AssignmentGuard`] made this consumer rejoin its group.
-    pub rejoins: AtomicU64,
 }
 
 /// Exports librdkafka's per-partition consumer lag as a gauge.
@@ -200,7 +198,7 @@ impl<H: Handler> Inbox<H> {
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("cannot subscribe")?;
         let dlq_producer = kafka.producer(Duration::from_secs(30))?;
-        let guard = kafka.assignment_guard(&config.consumer, &topics);
+        let guard = AssignmentGuard::new(&config.consumer, &topics);
         Ok(Self {
             pool,
             consumer: Arc::new(consumer),
@@ -221,7 +219,6 @@ impl<H: Handler> Inbox<H> {
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(consumer = %self.config.consumer, topics = ?self.config.topics, "inbox consumer started");
         let mut cleanup = tokio::time::interval(Duration::from_secs(3600));
-        let mut guard_tick = tokio::time::interval(crate::group::CHECK_EVERY);
         'consume: loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -231,10 +228,8 @@ impl<H: Handler> Inbox<H> {
                     }
                     continue;
                 }
-                _ = guard_tick.tick() => {
-                    if self.guard.check(&self.consumer).await {
-                        self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
-                    }
+                () = self.guard.due() => {
+                    self.guard.check(&self.consumer).await;
                     continue;
                 }
                 msg = self.consumer.recv() => msg,

@@ -20,8 +20,6 @@ use rdkafka::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::group::AssignmentGuard;
-
 /// A consumer that stops heartbeating for this long leaves its group.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,12 +130,6 @@ impl KafkaSettings {
             )
             .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string());
         self.with_extra(config)
-    }
-
-    /// The guard a consume loop of `group` calls every [`crate::group::CHECK_EVERY`]: after a
-    /// session timeout without partitions, it rejoins if some partition is not consumed.
-    pub fn assignment_guard(&self, group: &str, topics: &[&str]) -> AssignmentGuard {
-        AssignmentGuard::new(group, topics, SESSION_TIMEOUT)
     }
 
     pub fn consumer(&self, group: &str) -> anyhow::Result<StreamConsumer> {

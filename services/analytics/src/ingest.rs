@@ -51,7 +51,7 @@ impl Ingest {
         consumer.subscribe(topics)?;
         Ok(Self {
             consumer: Arc::new(consumer),
-            guard: kafka.assignment_guard(group, topics),
+            guard: AssignmentGuard::new(group, topics),
             store,
             batch_rows,
             batch_time: Duration::from_millis(batch_ms),
@@ -64,11 +64,10 @@ impl Ingest {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut guard_tick = tokio::time::interval(shop_messaging::group::CHECK_EVERY);
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = guard_tick.tick() => {
+                () = self.guard.due() => {
                     self.guard.check(&self.consumer).await;
                     continue;
                 }
