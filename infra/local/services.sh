@@ -12,11 +12,6 @@ STACK_DIR="${SHOP_STACK_DIR:-$REPO/.stack}"
 BIN_DIR="${SHOP_BIN_DIR:-$REPO/target/debug}"
 SERVICES=(order:50051 payment:50052 inventory:50053 shipping:50054 catalog:50055 cart:50056 analytics:50057)
 
-# tansu holds every fetch for the consumer's whole fetch.wait.max.ms, data or not, so that wait is
-# a latency floor on every hop (docs/STORES.md): 25 ms instead of the default 100 halves the
-# saga's p50 at moderate load. Apache Kafka (compose, Helm) answers as soon as data arrives.
-export SHOP__KAFKA__FETCH_WAIT_MS="${SHOP__KAFKA__FETCH_WAIT_MS:-25}"
-
 log() { printf '[services] %s\n' "$*" >&2; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

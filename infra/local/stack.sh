@@ -4,17 +4,17 @@
 #   infra/local/stack.sh up [COMPONENT...]   install what is missing, start, wait until each answers
 #   infra/local/stack.sh down                stop what this script started
 #   infra/local/stack.sh status              what answers, and who owns it
-#   infra/local/stack.sh install             install only (apt, pip, cargo), start nothing
+#   infra/local/stack.sh install             install only (apt, Maven, Go, pip), start nothing
 #   infra/local/stack.sh reset [COMPONENT...] stop, and delete that data (fresh stores on next up)
 #
-# Components: postgres redis kafka clickhouse mongo (default: all).
+# Components: postgres redis kafka clickhouse mongo search (default: all).
 # Idempotent: a store already answering on its port is used as it is (and left running by
 # `down`). Data, logs and pid files live under $SHOP_STACK_DIR (default: <repo>/.stack).
-# Slow builds are cached under $SHOP_CACHE_DIR (default: ~/.cache/shop) and reused.
+# Downloads and builds are cached under $SHOP_CACHE_DIR (default: ~/.cache/shop), keyed by version.
 #
 # Ports (the same as docker-compose.yml, so services never know which stack they are on):
-#   postgres 5432 (user shop/shop) | redis 6379 | kafka 9092 (tansu) | clickhouse 8123 http, 9000 native
-#   mongo 27017 (nx-27017)
+#   postgres 5432 (user shop/shop) | redis 6379 | kafka 9092 (Apache Kafka, controller on 9093)
+#   clickhouse 8123 http, 9000 native | mongo 27017 (FerretDB) | search 9200 (OpenSearch, transport 9300)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,16 +23,19 @@ CACHE_DIR="${SHOP_CACHE_DIR:-$HOME/.cache/shop}"
 LOG_DIR="$STACK_DIR/logs"
 RUN_DIR="$STACK_DIR/run"
 
-TANSU_VERSION=0.6.0
-TANSU_FEATURES=libsql
-TANSU_ROOT="$CACHE_DIR/tansu-$TANSU_VERSION-$TANSU_FEATURES"
-TANSU_BIN="$TANSU_ROOT/bin/tansu"
+KAFKA_VERSION=4.1.1
+KAFKA_LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
+OPENSEARCH_VERSION=2.19.6
+SEARCH_LIBS="$CACHE_DIR/opensearch-$OPENSEARCH_VERSION/libs"
+FERRETDB_VERSION=$(awk '$1 == "require" && $2 == "github.com/FerretDB/FerretDB" {print $3}' "$REPO/infra/local/mongo/go.mod")  # pinned in go.mod
+# The launcher's build is keyed by FerretDB's version and the launcher's own sources.
+FERRETDB_BIN="$CACHE_DIR/ferretdb-$FERRETDB_VERSION/ferretdb-$(cat "$REPO/infra/local/mongo/main.go" "$REPO/infra/local/mongo/go.sum" | md5sum | cut -c1-12)"
 NX_VERSION=0.8.1
 NX_VENV="$CACHE_DIR/venv-nx27017-$NX_VERSION"
 PG_MAJOR=15
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 
-ALL=(postgres redis kafka clickhouse mongo)
+ALL=(postgres redis kafka clickhouse mongo search)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -149,43 +152,88 @@ up_redis() {
 
 down_redis() { kill_pidfile "$RUN_DIR/redis.pid"; }
 
-# ---------------------------------------------------------------- kafka (tansu)
-install_kafka() {
-  if [ -x "$TANSU_BIN" ]; then return; fi
-  command -v cc >/dev/null || apt_install gcc
-  log "kafka: building tansu $TANSU_VERSION ($TANSU_FEATURES) once into $TANSU_ROOT (about 20 min on 2 cores)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features "$TANSU_FEATURES" \
-    --root "$TANSU_ROOT" >"$CACHE_DIR/tansu-build.log" 2>&1 \
-    || { tail -n 40 "$CACHE_DIR/tansu-build.log" >&2; die "tansu build failed (log: $CACHE_DIR/tansu-build.log)"; }
+# ---------------------------------------------------------------- kafka (Apache Kafka, KRaft)
+# The broker itself (kafka.Kafka), its jars fetched from Maven Central by infra/local/kafka/pom.xml
+# (transitive copy-dependencies) into $KAFKA_LIBS, once per version. One node in KRaft combined
+# mode (broker and controller in one JVM): client listener 9092, controller listener 9093.
+install_java() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
 }
 
-kafka_size_warning() {
-  local db="$STACK_DIR/kafka/tansu.db" size
-  [ -f "$db" ] || return 0
-  size=$(stat -c %s "$db")
-  if ((size > 16 * 1024 * 1024)); then
-    log "kafka: tansu's SQLite file is $((size / 1024 / 1024)) MB; tansu slows down a lot as it grows"
-    log "       (docs/STORES.md). For a fresh broker: infra/local/stack.sh reset kafka"
-  fi
+maven_fetch() { # pom libs_dir -Dprop=value...
+  local pom=$1 dir=$2; shift 2
+  [ -f "$dir/.complete" ] && return 0
+  install_java
+  log "fetching $(basename "$(dirname "$pom")") jars with Maven into $dir"
+  rm -rf "$dir"; mkdir -p "$dir"
+  mvn -q -B -Dstyle.color=never -f "$pom" "$@" -Dlibs.dir="$dir" dependency:copy-dependencies \
+    >"$dir.mvn.log" 2>&1 \
+    || { tail -n 30 "$dir.mvn.log" >&2; die "maven could not fetch $pom"; }
+  touch "$dir/.complete"
+}
+
+install_kafka() {
+  maven_fetch "$REPO/infra/local/kafka/pom.xml" "$KAFKA_LIBS" -Dkafka.version="$KAFKA_VERSION"
+}
+
+# A modest heap: the broker's page cache is the OS's, not the JVM's.
+kafka_java() { # main-class args...
+  java -Xms512m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$LOG_DIR" -Dlog4j2.configurationFile="$REPO/infra/local/kafka/log4j2.yaml" \
+    -cp "$KAFKA_LIBS/*" "$@"
+}
+
+write_kafka_config() {
+  local dir=$STACK_DIR/kafka
+  mkdir -p "$dir/data"
+  cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:9093
+listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093
+advertised.listeners=PLAINTEXT://127.0.0.1:9092
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+# One node: every internal topic has one replica, and a transaction needs only that one.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# No wait for more members before the first rebalance (tests start and stop consumers often).
+group.initial.rebalance.delay.ms=0
+num.partitions=4
+auto.create.topics.enable=false
+log.retention.hours=24
+log.segment.bytes=67108864
+PROPS
 }
 
 up_kafka() {
   install_kafka
-  kafka_size_warning
   if port_open 9092; then log "kafka: using the broker already on 9092"; return; fi
-  mkdir -p "$STACK_DIR/kafka"
-  # SQLite storage: measured durable across kill -9 with exact offset resume (memory:// loses data).
-  # tansu resolves the sqlite:// path against its working directory (an absolute path gets the
-  # cwd prefixed), so it runs from the data directory with a relative file name.
-  (cd "$STACK_DIR/kafka" && exec nohup "$TANSU_BIN" broker \
-    --storage-engine "sqlite://tansu.db" \
-    --listener-url tcp://127.0.0.1:9092 \
-    --advertised-listener-url tcp://127.0.0.1:9092 \
-    >"$LOG_DIR/kafka.log" 2>&1) &
+  write_kafka_config
+  local dir=$STACK_DIR/kafka
+  # Format once: the cluster id is kept beside the data; --ignore-formatted makes re-runs no-ops.
+  [ -s "$dir/cluster.id" ] || kafka_java kafka.tools.StorageTool random-uuid > "$dir/cluster.id"
+  kafka_java kafka.tools.StorageTool format --standalone --ignore-formatted \
+    -t "$(cat "$dir/cluster.id")" -c "$dir/server.properties" >"$LOG_DIR/kafka-format.log" 2>&1 \
+    || { cat "$LOG_DIR/kafka-format.log" >&2; die "kafka storage format failed"; }
+  (trap '' HUP; kafka_java kafka.Kafka "$dir/server.properties" >"$LOG_DIR/kafka.out" 2>&1) &
   echo $! > "$RUN_DIR/kafka.pid"
   started_here kafka
-  wait_for kafka 60 alive_and_open "$RUN_DIR/kafka.pid" 9092
-  log "kafka: up on 127.0.0.1:9092 (tansu, sqlite storage)"
+  # Tests that kill a broker of their own run these same jars (libs/messaging/tests/it/helpers.rs).
+  ln -sfn "$KAFKA_LIBS" "$dir/libs"
+  wait_for kafka 90 kafka_answers
+  log "kafka: up on 127.0.0.1:9092 (Apache Kafka $KAFKA_VERSION, KRaft, data $dir/data)"
+}
+
+kafka_answers() {
+  kill -0 "$(cat "$RUN_DIR/kafka.pid")" 2>/dev/null || return 2
+  python3 "$REPO/infra/local/kafka/await_metadata.py" 127.0.0.1 9092
 }
 
 down_kafka() { kill_pidfile "$RUN_DIR/kafka.pid"; }
@@ -243,27 +291,102 @@ XML
 
 down_clickhouse() { kill_pidfile "$RUN_DIR/clickhouse.pid"; }
 
-# ---------------------------------------------------------------- mongo (nx-27017)
-install_mongo() {
+# ---------------------------------------------------------------- mongo (FerretDB or nx-27017)
+# The MongoDB wire protocol. Default: FerretDB $FERRETDB_VERSION on its PostgreSQL backend (the
+# cluster above, database `ferretdb`), built from the Go module proxy as the small launcher in
+# infra/local/mongo (FerretDB's own command, built from the proxy, panics at start in its
+# build-version check; main.go says why). SHOP_MONGO_SERVER=nx27017 runs nx-27017 (PyPI,
+# SQLite-backed) instead, for comparison.
+MONGO_SERVER="${SHOP_MONGO_SERVER:-ferretdb}"
+
+install_ferretdb() {
+  [ -x "$FERRETDB_BIN" ] && return
+  command -v go >/dev/null || apt_install golang-go
+  log "mongo: building FerretDB $FERRETDB_VERSION into $FERRETDB_BIN (once, a few minutes)"
+  mkdir -p "$(dirname "$FERRETDB_BIN")"
+  (cd "$REPO/infra/local/mongo" && GOPATH="$CACHE_DIR/go" GOMODCACHE="$CACHE_DIR/go/mod" \
+    go build -trimpath -o "$FERRETDB_BIN.tmp" .) \
+    >"$CACHE_DIR/ferretdb-build.log" 2>&1 \
+    || { tail -n 30 "$CACHE_DIR/ferretdb-build.log" >&2; die "FerretDB build failed"; }
+  mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"
+}
+
+install_nx27017() {
   [ -x "$NX_VENV/bin/nx-27017" ] && return
   log "mongo: installing nx-27017 $NX_VERSION into $NX_VENV"
   python3 -m venv "$NX_VENV" || { apt_install python3-venv; python3 -m venv "$NX_VENV"; }
   "$NX_VENV/bin/pip" install -q "nx-27017==$NX_VERSION"
 }
 
+install_mongo() {
+  case $MONGO_SERVER in
+    ferretdb) install_ferretdb ;;
+    nx27017) install_nx27017 ;;
+    *) die "SHOP_MONGO_SERVER must be ferretdb or nx27017, not $MONGO_SERVER" ;;
+  esac
+}
+
 up_mongo() {
   install_mongo
   if port_open 27017; then log "mongo: using the server already on 27017"; return; fi
   mkdir -p "$STACK_DIR/mongo"
-  nohup "$NX_VENV/bin/nx-27017" --host 127.0.0.1 --port 27017 --data-dir "$STACK_DIR/mongo" \
-    --log-file "$LOG_DIR/mongo.log" >"$LOG_DIR/mongo.out" 2>&1 &
+  if [ "$MONGO_SERVER" = ferretdb ]; then
+    port_open 5432 || up_postgres
+    PGPASSWORD=shop "$PG_BIN/psql" -h 127.0.0.1 -U shop -d postgres -Atqc \
+      "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'" | grep -q 1 \
+      || PGPASSWORD=shop "$PG_BIN/psql" -h 127.0.0.1 -U shop -d postgres -qc 'CREATE DATABASE ferretdb' >/dev/null
+    nohup "$FERRETDB_BIN" --listen-addr=127.0.0.1:27017 --handler=postgresql \
+      --postgresql-url="postgres://shop:shop@127.0.0.1:5432/ferretdb" \
+      --log-level=warn \
+      >"$LOG_DIR/mongo.log" 2>&1 &
+  else
+    nohup "$NX_VENV/bin/nx-27017" --host 127.0.0.1 --port 27017 --data-dir "$STACK_DIR/mongo" \
+      --log-file "$LOG_DIR/mongo.log" >"$LOG_DIR/mongo.out" 2>&1 &
+  fi
   echo $! > "$RUN_DIR/mongo.pid"
   started_here mongo
   wait_for mongo 60 alive_and_open "$RUN_DIR/mongo.pid" 27017
-  log "mongo: up on 127.0.0.1:27017 (nx-27017, SQLite-backed)"
+  log "mongo: up on 127.0.0.1:27017 ($MONGO_SERVER)"
 }
 
 down_mongo() { kill_pidfile "$RUN_DIR/mongo.pid"; }
+
+# ---------------------------------------------------------------- search (OpenSearch)
+# One OpenSearch node, the Elasticsearch API on 9200: its jars from Maven Central
+# (infra/local/search/pom.xml) and a launcher of ours (SearchNode.java, compiled here against
+# them) that starts org.opensearch.node.Node with the modules a distribution would load.
+install_search() {
+  maven_fetch "$REPO/infra/local/search/pom.xml" "$SEARCH_LIBS" -Dopensearch.version="$OPENSEARCH_VERSION"
+  local src="$REPO/infra/local/search/SearchNode.java" sum
+  sum=$(md5sum "$src" | cut -c1-12)
+  SEARCH_CLASSES="$CACHE_DIR/opensearch-$OPENSEARCH_VERSION/launcher-$sum"
+  [ -f "$SEARCH_CLASSES/shop/local/SearchNode.class" ] && return
+  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+  mkdir -p "$SEARCH_CLASSES"
+  javac -d "$SEARCH_CLASSES" -cp "$SEARCH_LIBS/*" "$src" || die "cannot compile $src"
+}
+
+up_search() {
+  install_search
+  if port_open 9200; then log "search: using the server already on 9200"; return; fi
+  mkdir -p "$STACK_DIR/search"
+  (trap '' HUP; exec java -Xms512m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dshop.log.file="$LOG_DIR/search.log" \
+    -Dlog4j2.configurationFile="$REPO/infra/local/search/log4j2.properties" \
+    -cp "$SEARCH_LIBS/*:$SEARCH_CLASSES" shop.local.SearchNode "$STACK_DIR/search" 9200 \
+    >"$LOG_DIR/search.out" 2>&1) &
+  echo $! > "$RUN_DIR/search.pid"
+  started_here search
+  wait_for search 120 search_answers
+  log "search: up on 127.0.0.1:9200 (OpenSearch $OPENSEARCH_VERSION)"
+}
+
+search_answers() {
+  kill -0 "$(cat "$RUN_DIR/search.pid")" 2>/dev/null || return 2
+  curl -fsS 'http://127.0.0.1:9200/_cluster/health?wait_for_status=yellow&timeout=1s'
+}
+
+down_search() { kill_pidfile "$RUN_DIR/search.pid"; }
 
 # ---------------------------------------------------------------- common
 kill_pidfile() {
@@ -302,7 +425,7 @@ cmd_up() {
   reserve_service_ports
   touch "$RUN_DIR/started"
   for c in "${components[@]}"; do
-    case $c in postgres|redis|kafka|clickhouse|mongo) "up_$c" ;; *) die "unknown component $c" ;; esac
+    case $c in postgres|redis|kafka|clickhouse|mongo|search) "up_$c" ;; *) die "unknown component $c" ;; esac
   done
 }
 
@@ -310,11 +433,11 @@ cmd_install() {
   mkdir -p "$CACHE_DIR"
   install_postgres; command -v redis-server >/dev/null || apt_install redis-server
   [ -x /usr/sbin/clickhouse-server ] || apt_install clickhouse-server clickhouse-client
-  install_kafka; install_mongo
+  install_kafka; install_mongo; install_search
 }
 
 cmd_down() {
-  for c in mongo clickhouse kafka redis postgres; do "down_$c"; done
+  for c in search mongo clickhouse kafka redis postgres; do "down_$c"; done
   rm -f "$RUN_DIR/started"
   log "stack stopped"
 }
@@ -325,18 +448,23 @@ cmd_reset() {
   for c in "${components[@]}"; do
     case $c in
       postgres) down_postgres; rm -rf "${PG_HOME:?}" ;;
-      redis|kafka|clickhouse|mongo) "down_$c"; rm -rf "${STACK_DIR:?}/$c" ;;
+      redis|kafka|clickhouse|mongo|search) "down_$c"; rm -rf "${STACK_DIR:?}/$c" ;;
       *) die "unknown component $c" ;;
     esac
-    # The catalog's embedded search index describes the products in MongoDB: it goes with them.
-    [ "$c" = mongo ] && rm -rf "${STACK_DIR:?}/catalog-index"
+    if [ "$c" = mongo ]; then
+      # FerretDB keeps its documents in PostgreSQL's `ferretdb` database.
+      port_open 5432 && PGPASSWORD=shop "$PG_BIN/psql" -h 127.0.0.1 -U shop -d postgres -qc \
+        'DROP DATABASE IF EXISTS ferretdb WITH (FORCE)' >/dev/null 2>&1 || true
+      # The catalog's embedded search index describes the products in MongoDB: it goes with them.
+      rm -rf "${STACK_DIR:?}/catalog-index"
+    fi
     sed -i "/^$c\$/d" "$RUN_DIR/started" 2>/dev/null || true
   done
   log "reset: ${components[*]}"
 }
 
 cmd_status() {
-  for spec in postgres:5432 redis:6379 kafka:9092 clickhouse:8123 mongo:27017; do
+  for spec in postgres:5432 redis:6379 kafka:9092 clickhouse:8123 mongo:27017 search:9200; do
     local name=${spec%%:*} port=${spec##*:} owner="external"
     grep -qx "$name" "$RUN_DIR/started" 2>/dev/null && owner="this stack"
     if port_open "$port"; then printf '%-11s up    127.0.0.1:%-5s (%s)\n' "$name" "$port" "$owner"

@@ -17,7 +17,7 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{EventEnvelope, group::AssignmentGuard, inbox::HandlerError, kafka::KafkaSettings};
+use crate::{EventEnvelope, inbox::HandlerError, kafka::KafkaSettings};
 
 /// Consumes `topics` as consumer group `group` until `shutdown`, calling `handle` for each event.
 pub async fn run<F, Fut>(
@@ -33,15 +33,10 @@ where
 {
     let consumer: Arc<StreamConsumer> = Arc::new(kafka.consumer(group)?);
     consumer.subscribe(topics)?;
-    let mut guard = AssignmentGuard::new(group, topics);
     tracing::info!(group, ?topics, "consumer started");
     loop {
         let msg = tokio::select! {
             () = shutdown.cancelled() => break,
-            () = guard.due() => {
-                guard.check(&consumer).await;
-                continue;
-            }
             m = consumer.recv() => m,
         };
         let msg = match msg {

@@ -44,7 +44,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     envelope::EventEnvelope,
-    group::AssignmentGuard,
     kafka::{KafkaSettings, dead_letter_topic},
 };
 
@@ -150,13 +149,11 @@ impl ConsumerContext for LagContext {}
 
 pub struct Inbox<H> {
     pool: PgPool,
-    /// Shared with the assignment guard's offset reads.
     consumer: Arc<StreamConsumer<LagContext>>,
     dlq_producer: FutureProducer,
     handler: H,
     config: InboxConfig,
     stats: Arc<InboxStats>,
-    guard: AssignmentGuard,
 }
 
 /// Where a batch stopped.
@@ -198,7 +195,6 @@ impl<H: Handler> Inbox<H> {
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("cannot subscribe")?;
         let dlq_producer = kafka.producer(Duration::from_secs(30))?;
-        let guard = AssignmentGuard::new(&config.consumer, &topics);
         Ok(Self {
             pool,
             consumer: Arc::new(consumer),
@@ -206,7 +202,6 @@ impl<H: Handler> Inbox<H> {
             handler,
             config,
             stats: Arc::default(),
-            guard,
         })
     }
 
@@ -216,7 +211,7 @@ impl<H: Handler> Inbox<H> {
 
     /// Consumes until `shutdown`; the message in hand is finished (or left for redelivery if it
     /// is between retries), then stored offsets are committed.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(consumer = %self.config.consumer, topics = ?self.config.topics, "inbox consumer started");
         let mut cleanup = tokio::time::interval(Duration::from_secs(3600));
         'consume: loop {
@@ -226,10 +221,6 @@ impl<H: Handler> Inbox<H> {
                     if let Err(e) = self.delete_expired().await {
                         tracing::warn!(error = ?e, "inbox cleanup failed");
                     }
-                    continue;
-                }
-                () = self.guard.due() => {
-                    self.guard.check(&self.consumer).await;
                     continue;
                 }
                 msg = self.consumer.recv() => msg,

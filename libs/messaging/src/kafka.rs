@@ -5,7 +5,8 @@
 //! - Consumer: auto-commit on, but of *stored* offsets only (`enable.auto.offset.store=false`):
 //!   the inbox stores an offset after the message's transaction commits, so a crash re-delivers
 //!   rather than skips.
-//! - Topics are created explicitly at start-up (some brokers, e.g. tansu, do not auto-create).
+//! - Topics are created explicitly at start-up with this service's partition count (the native
+//!   broker has `auto.create.topics.enable=false`, as production clusters often do).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -32,11 +33,6 @@ pub struct KafkaSettings {
     /// Partitions for topics this service creates.
     pub partitions: i32,
     pub replication_factor: i32,
-    /// The longest a consumer's fetch waits at the broker (`fetch.wait.max.ms`). Apache Kafka
-    /// answers as soon as data arrives, so this only bounds idle polling there; tansu 0.6 holds
-    /// every fetch for the whole wait, data or not, so on the native stack it is a per-hop
-    /// latency floor (infra/local/services.sh sets 25 ms; docs/STORES.md).
-    pub fetch_wait_ms: u32,
     /// Prepended to every topic name (e.g. `staging.`): several environments or test runs
     /// share one cluster without seeing each other's messages.
     pub topic_prefix: String,
@@ -61,7 +57,6 @@ impl Default for KafkaSettings {
             client_id: "shop".into(),
             partitions: 4,
             replication_factor: 1,
-            fetch_wait_ms: 100,
             topic_prefix: String::new(),
             extra: BTreeMap::new(),
         }
@@ -119,16 +114,16 @@ impl KafkaSettings {
         config
             .set("group.id", group)
             .set("enable.auto.commit", "true")
-            // Stored offsets are committed every 5 s: fewer broker writes (tansu keeps them in
-            // SQLite); a crash redelivers at most 5 s of messages, which the inbox absorbs.
+            // Stored offsets are committed every 5 s (librdkafka's default, said here because
+            // it bounds redelivery): a crash redelivers at most 5 s of messages, which the inbox
+            // (or the idempotent effect) absorbs.
             .set("auto.commit.interval.ms", "5000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set(
                 "session.timeout.ms",
                 SESSION_TIMEOUT.as_millis().to_string(),
-            )
-            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string());
+            );
         self.with_extra(config)
     }
 
@@ -170,8 +165,8 @@ impl KafkaSettings {
 }
 
 impl KafkaSettings {
-    /// Deletes `topics` (demo and benchmark scratch topics; tansu's SQLite storage slows down
-    /// as it accumulates data, so scratch runs clean up after themselves).
+    /// Deletes `topics` (demo, test and benchmark scratch topics: scratch runs clean up after
+    /// themselves, so a long-lived broker does not accumulate thousands of partitions).
     pub async fn delete_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self
             .with_extra(self.base())

@@ -12,8 +12,6 @@
 //!   a dead-letter topic.
 //! - [`consumer`]: at-least-once consumption for idempotent effects in stores without an inbox
 //!   table (Redis, MongoDB, a search index): offset stored after the effect.
-//! - [`group`]: [`group::AssignmentGuard`], which rejoins a consumer its group coordinator left
-//!   without partitions (a tansu failure mode); every consume loop runs one.
 //! - [`service`]: start-up shared by the PostgreSQL services (settings, database, relay task).
 //! - [`smoke`]: the smallest real flow over both (ordered ticks), for tests, demo and benchmark.
 //! - `testing` (feature): scratch databases, topic namespaces and a command channel for tests.
@@ -26,7 +24,6 @@
 
 pub mod consumer;
 pub mod envelope;
-pub mod group;
 pub mod inbox;
 pub mod kafka;
 pub mod outbox;

@@ -38,7 +38,7 @@ use prost::Message;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer as _},
 };
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
@@ -216,11 +216,18 @@ impl Relay {
             .clone()
     }
 
-    /// A fresh producer (new producer id, sequence numbers from zero). After a delivery
-    /// timeout librdkafka bumps the idempotent producer's epoch; brokers that do not support
-    /// that bump (tansu 0.6) reject every later send from the same producer. Starting over is
-    /// safe: the failed rows are still pending and go out again, in order, in the next round.
-    fn renew_producer(&self) -> anyhow::Result<()> {
+    /// Replaces a producer that librdkafka declared fatally failed (e.g. an idempotence
+    /// sequence it cannot recover, or a fenced producer id): such a producer fails every later
+    /// send. Ordinary failures (broker down, delivery timeout) need no new producer: librdkafka
+    /// bumps the idempotent epoch itself (KIP-360) and the failed rows go out again, in order,
+    /// in the next round.
+    fn renew_producer_if_fatal(&self) -> anyhow::Result<()> {
+        let producer = self.producer();
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return Ok(());
+        };
+        tracing::warn!(?code, %reason, "kafka producer failed fatally, replacing it");
+        metrics::counter!("outbox_producer_renewals_total").increment(1);
         let fresh = self.kafka.producer(self.config.delivery_timeout)?;
         *self.producer.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
@@ -408,7 +415,7 @@ impl Relay {
         metrics::histogram!("outbox_round_seconds").record(started.elapsed().as_secs_f64());
         if let Some((id, error)) = failures.first() {
             tracing::warn!(failed = failures.len(), first_id = id, error = %error, "outbox publish failed, will retry");
-            self.renew_producer()?;
+            self.renew_producer_if_fatal()?;
         }
         Ok(outcome)
     }

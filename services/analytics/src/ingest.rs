@@ -17,7 +17,7 @@ use rdkafka::{
     Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
 };
-use shop_messaging::{envelope::EventEnvelope, group::AssignmentGuard, kafka::KafkaSettings};
+use shop_messaging::{envelope::EventEnvelope, kafka::KafkaSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::{rows, store::Store};
@@ -31,7 +31,6 @@ pub struct IngestStats {
 
 pub struct Ingest {
     consumer: Arc<StreamConsumer>,
-    guard: AssignmentGuard,
     store: Store,
     batch_rows: usize,
     batch_time: Duration,
@@ -51,7 +50,6 @@ impl Ingest {
         consumer.subscribe(topics)?;
         Ok(Self {
             consumer: Arc::new(consumer),
-            guard: AssignmentGuard::new(group, topics),
             store,
             batch_rows,
             batch_time: Duration::from_millis(batch_ms),
@@ -67,10 +65,6 @@ impl Ingest {
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.guard.due() => {
-                    self.guard.check(&self.consumer).await;
-                    continue;
-                }
                 m = self.consumer.recv() => m,
             };
             let Ok(first) =

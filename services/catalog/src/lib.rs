@@ -48,11 +48,12 @@ impl Default for MongoSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SearchSettings {
-    /// `embedded` (tantivy, in this process) or `elasticsearch`.
+    /// `elasticsearch` (the Elasticsearch API: OpenSearch on the native stack and in compose),
+    /// or `embedded` (tantivy, in this process: the option without a JVM).
     pub backend: String,
     /// The embedded index's directory; empty keeps it in memory (rebuilt from the topics).
     pub dir: String,
-    /// Elasticsearch's URL (`SHOP__SEARCH__URL`, as Helm sets it) and index.
+    /// The search server's URL (`SHOP__SEARCH__URL`, as compose and Helm set it) and index.
     pub url: String,
     pub index: String,
 }
@@ -60,7 +61,7 @@ pub struct SearchSettings {
 impl Default for SearchSettings {
     fn default() -> Self {
         Self {
-            backend: "embedded".into(),
+            backend: "elasticsearch".into(),
             dir: ".stack/catalog-index".into(),
             url: "http://127.0.0.1:9200".into(),
             index: "products".into(),

@@ -48,6 +48,27 @@ pub enum Bench {
         #[arg(long, default_value_t = 5_000)]
         orders: usize,
     },
+    /// Catalog writes/s (versioned, with their outbox events) beside the raw driver's same
+    /// operations on the same MongoDB-wire server.
+    Catalog {
+        #[arg(long, env = "SHOP__MONGO__URL", default_value = "mongodb://127.0.0.1:27017")]
+        mongo_url: String,
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
+        /// Versioned updates per product after its create.
+        #[arg(long, default_value_t = 4)]
+        updates: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Consume -> produce with Kafka transactions (exactly-once) beside at-least-once.
+    KafkaTxn {
+        #[arg(long, default_value_t = 50_000)]
+        messages: usize,
+        /// Messages per batch (and per transaction).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
     /// Outbox relay events/s beside the raw producer rate.
     Relay {
         #[arg(long, default_value_t = 50_000)]
@@ -80,6 +101,15 @@ pub async fn run(pg_url: &str, kafka: &KafkaSettings, bench: Bench) -> anyhow::R
         } => relay(pg_url, kafka, events, aggregates, batch).await,
         Bench::Saga { rates, seconds } => crate::bench_saga::run(pg_url, &rates, seconds).await,
         Bench::Analytics { events } => crate::bench_analytics::run(kafka, events).await,
+        Bench::Catalog {
+            mongo_url,
+            products,
+            updates,
+            concurrency,
+        } => crate::bench_catalog::run(&mongo_url, products, updates, concurrency).await,
+        Bench::KafkaTxn { messages, batch } => {
+            crate::bench_kafka_txn::run(kafka, messages, batch).await
+        }
         Bench::EventStore {
             lengths,
             streams,

@@ -122,7 +122,6 @@ pub async fn run(kafka: &KafkaSettings, events: u64) -> anyhow::Result<()> {
             .execute()
             .await?;
     }
-    // No producer may still target a topic being deleted (tansu, docs/STORES.md).
     drop(producer);
     let _ = kafka.delete_topics(&[&topic]).await;
     let result = AnalyticsBench {

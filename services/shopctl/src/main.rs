@@ -11,7 +11,9 @@
 
 mod bench;
 mod bench_analytics;
+mod bench_catalog;
 mod bench_eventstore;
+mod bench_kafka_txn;
 mod bench_saga;
 mod demo;
 mod health;

@@ -1,7 +1,8 @@
 //! A member dies without leaving its group and a new one joins before the dead one's session
 //! expires (a crashed pod and its replacement). The new member must end up consuming every
-//! partition. On tansu it may first be left with none (see `shop_messaging::group`); the
-//! assignment guard in every consume loop makes it rejoin.
+//! partition, without any help from our code: the group coordinator expires the dead member
+//! and rebalances. (An earlier broker left the new member with none; this test is why the
+//! platform no longer carries a guard against that.)
 
 use std::{
     collections::HashSet,
@@ -81,8 +82,8 @@ async fn the_member_that_replaces_a_killed_one_consumes_every_partition() {
         "the victim never got partitions"
     );
 
-    // Join while the dead member is still in the group, late enough in its session that tansu's
-    // 3 s join rounds cross its expiry.
+    // Join while the dead member is still in the group, late enough in its session that the
+    // rebalance its expiry triggers overlaps the new member's join.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let stop = CancellationToken::new();

@@ -178,44 +178,89 @@ pub async fn produce_raw(settings: &KafkaSettings, topic: &str, key: &str, paylo
         .expect("produce");
 }
 
-/// A tansu broker of this test's own, on a free port, that the test can kill and restart.
+/// An Apache Kafka broker of this test's own (KRaft, one node, in a scratch directory), on free
+/// ports, that the test can SIGKILL and restart on the same data. It runs the jars the native
+/// stack fetched (`infra/local/stack.sh up kafka` links them at `.stack/kafka/libs`;
+/// `SHOP_KAFKA_LIBS` overrides).
 pub struct PrivateBroker {
     pub port: u16,
+    controller_port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
 
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 impl PrivateBroker {
-    pub fn binary() -> PathBuf {
-        std::env::var_os("SHOP_TANSU_BIN")
+    fn libs() -> PathBuf {
+        std::env::var_os("SHOP_KAFKA_LIBS")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME")
+                let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+                std::env::var_os("SHOP_STACK_DIR")
                     .map(PathBuf::from)
-                    .unwrap_or_default();
-                let cache = std::env::var_os("SHOP_CACHE_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or(home.join(".cache/shop"));
-                cache.join("tansu-0.6.0-libsql/bin/tansu")
+                    .unwrap_or(repo.join(".stack"))
+                    .join("kafka/libs")
             })
     }
 
+    fn java(&self, main: &str) -> Command {
+        let mut cmd = Command::new("java");
+        cmd.args(["-Xms256m", "-Xmx384m", "-XX:+UseSerialGC"])
+            .arg("-cp")
+            .arg(format!("{}/*", Self::libs().display()))
+            .arg(main)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
     pub async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let (port, controller_port) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!(
-            "tansu-test-{port}-{}",
+            "kafka-test-{port}-{}",
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let mut broker = Self {
+        let properties = format!(
+            "process.roles=broker,controller\nnode.id=1\n\
+             controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             controller.listener.names=CONTROLLER\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+             log.dirs={}/data\n\
+             offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n",
+            dir.display()
+        );
+        std::fs::write(dir.join("server.properties"), properties).expect("broker config");
+        let broker = Self {
             port,
+            controller_port,
             dir,
             child: None,
         };
+        // A cluster id is 16 bytes in URL-safe base64 without padding (what `random-uuid` prints).
+        let cluster_id = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            uuid::Uuid::new_v4().as_bytes(),
+        );
+        let formatted = broker
+            .java("kafka.tools.StorageTool")
+            .args(["format", "--standalone", "-t", &cluster_id])
+            .args(["-c", "server.properties"])
+            .status()
+            .expect("run kafka.tools.StorageTool (infra/local/stack.sh up kafka fetches it)");
+        assert!(formatted.success(), "private broker storage format failed");
+        let mut broker = broker;
         broker.restart().await;
         broker
     }
@@ -228,28 +273,40 @@ impl PrivateBroker {
         }
     }
 
-    /// Starts the broker on the same port and data (after [`PrivateBroker::kill`]).
+    /// Starts the broker on the same ports and data (after [`PrivateBroker::kill`]) and waits
+    /// until it answers a metadata request with itself in it.
     pub async fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(Self::binary())
-            .current_dir(&self.dir)
-            .args([
-                "broker",
-                "--storage-engine",
-                "sqlite://tansu.db",
-                "--listener-url",
-                &url,
-            ])
-            .args(["--advertised-listener-url", &url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = self
+            .java("kafka.Kafka")
+            .arg("server.properties")
             .spawn()
-            .expect("start tansu (build it with infra/local/stack.sh install)");
+            .expect("start kafka.Kafka");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "private broker did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let settings = self.settings();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let settings = settings.clone();
+            let up = tokio::task::spawn_blocking(move || {
+                let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &settings.brokers)
+                    .create()
+                    .expect("metadata client");
+                client
+                    .fetch_metadata(None, Duration::from_secs(1))
+                    .is_ok_and(|m| !m.brokers().is_empty())
+            })
+            .await
+            .expect("metadata probe");
+            if up {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private broker on {} (controller {}) did not start",
+                self.port,
+                self.controller_port
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

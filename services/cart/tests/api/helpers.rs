@@ -49,7 +49,9 @@ pub async fn spawn(limits: Limits) -> Platform {
             database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
             ..Default::default()
         },
+        // The cart's tests do not search: an in-memory index of the catalog's own.
         search: shop_catalog::SearchSettings {
+            backend: "embedded".into(),
             dir: String::new(),
             ..Default::default()
         },

@@ -1,8 +1,9 @@
 //! Product search behind one interface, two backends:
 //!
+//! - [`elastic::Elastic`] (the `opensearch` crate, the Elasticsearch API): the default on every
+//!   stack; the native stack and docker-compose run OpenSearch 2.19;
 //! - [`embedded::Embedded`] (tantivy, in the catalog process, an index directory on disk): the
-//!   default, and the one exercised on machines without Elasticsearch;
-//! - [`elastic::Elastic`] (the `elasticsearch` crate): for docker-compose and Helm.
+//!   option without a JVM (`SHOP__SEARCH__BACKEND=embedded`).
 //!
 //! Both are fed the same way ([`crate::feed`]) from `catalog.product_changed` and
 //! `inventory.stock_level_changed` events, and both pass the same contract tests

@@ -1,5 +1,6 @@
 //! `spawn_catalog()`: the catalog service on a free port with a database, topic namespace and
-//! Redis key prefix of its own, and an in-memory search index.
+//! Redis key prefix of its own, and a search index of its own on the native stack's OpenSearch
+//! (deleted by `stop`).
 
 use shop_messaging::testing;
 use shop_proto::{
@@ -17,16 +18,17 @@ pub struct Catalog {
 
 pub async fn spawn_catalog() -> Catalog {
     let base = testing::service_settings("catalog");
+    let id = &uuid::Uuid::now_v7().simple().to_string()[20..];
     let settings = shop_catalog::Settings {
         // Port 0 (the default): free ports.
         server: shop_core::config::ServerSettings::default(),
         kafka: base.kafka.clone(),
         mongo: shop_catalog::MongoSettings {
-            database: format!("test_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+            database: format!("test_{id}"),
             ..Default::default()
         },
         search: shop_catalog::SearchSettings {
-            dir: String::new(),
+            index: format!("products-test-{id}"),
             ..Default::default()
         },
         relay_poll_ms: 50,
@@ -78,5 +80,10 @@ impl Catalog {
         if let Ok(client) = mongodb::Client::with_uri_str(&self.settings.mongo.url).await {
             let _ = client.database(&self.settings.mongo.database).drop().await;
         }
+        let _ = shop_catalog::search::elastic::delete_index(
+            &self.settings.search.url,
+            &self.settings.search.index,
+        )
+        .await;
     }
 }
