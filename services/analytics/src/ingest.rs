@@ -61,7 +61,7 @@ impl Ingest {
         self.stats.clone()
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
