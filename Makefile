@@ -4,7 +4,7 @@ CARGO ?= cargo
 STACK := infra/local/stack.sh
 SERVICES := infra/local/services.sh
 
-.PHONY: run down test test-crash lint fmt bench bench-saga smoke stack stack-down build ci
+.PHONY: run down test test-crash lint fmt bench bench-saga smoke stack stack-down build build-release ci
 
 ## run: install what is missing, start the stores and every service, run the demo workload
 run: stack build
@@ -33,13 +33,16 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: outbox relay throughput beside the raw producer (same broker, same run)
-bench: stack build
-	./target/debug/shopctl bench relay
+## bench: outbox relay throughput beside the raw producer (same broker, same run; release build)
+bench: stack build-release
+	./target/release/shopctl bench relay
 
-## bench-saga: whole sagas at constant offered loads beside pgbench (needs `make run` first)
-bench-saga: build
-	./target/debug/shopctl bench saga
+## bench-saga: whole sagas at constant offered loads beside pgbench; restarts the services as
+## release builds and leaves those running
+bench-saga: stack build-release
+	$(SERVICES) down
+	SHOP_BIN_DIR=$(CURDIR)/target/release $(SERVICES) up
+	./target/release/shopctl bench saga
 
 ## smoke: events outbox -> broker -> inbox between two scratch databases, checked
 smoke: stack build
@@ -54,5 +57,13 @@ stack-down:
 build:
 	$(CARGO) build --workspace --bins
 
+build-release:
+	$(CARGO) build --release --workspace --bins
+
 ## ci: what .ci/run does
 ci: lint test
+
+## deploy-check: Dockerfile, compose file and Helm chart checked without Docker or a cluster (infra/deploy/check.sh)
+.PHONY: deploy-check
+deploy-check:
+	infra/deploy/check.sh

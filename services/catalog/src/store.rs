@@ -50,7 +50,7 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 /// The outbox entry of one event: where it goes and its envelope, as one JSON string (a string
 /// and not a subdocument because the MongoDB-wire server used here stores a `$push`ed
 /// subdocument as a string anyway; strings behave the same on both, see docs/STORES.md).
-fn outbox_entry(event: &NewEvent) -> String {
+pub fn outbox_entry(event: &NewEvent) -> String {
     use base64::Engine as _;
     serde_json::json!({
         "event_id": event.event_id(),

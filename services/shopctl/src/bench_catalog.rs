@@ -14,7 +14,10 @@ use mongodb::{
     options::ReturnDocument,
 };
 use serde::Serialize;
-use shop_catalog::{domain::Product, store::ProductStore};
+use shop_catalog::{
+    domain::Product,
+    store::{ProductStore, outbox_entry},
+};
 use shop_messaging::NewEvent;
 
 #[derive(Debug, Serialize)]
@@ -87,39 +90,6 @@ pub async fn run(
         &uuid::Uuid::now_v7().simple().to_string()[20..]
     ));
 
-    // Raw: the same documents and filters through the driver alone.
-    let raw: Collection<Document> = db.collection("raw");
-    let raw_rate = drive(products, concurrency, |n| {
-        let raw = raw.clone();
-        async move {
-            let p = product(n);
-            raw.insert_one(doc! {
-                "_id": &p.sku, "name": &p.name, "description": &p.description,
-                "category": &p.category, "price_minor": p.price_minor, "currency": &p.currency,
-                "stock": 0_i64, "version": 1_i64, "outbox": ["e"], "outbox_pending": true,
-            })
-            .await?;
-            for v in 1..=updates as i64 {
-                raw.find_one_and_update(
-                    doc! { "_id": &p.sku, "version": v },
-                    doc! {
-                        "$set": { "price_minor": p.price_minor + v, "version": v + 1, "outbox_pending": true },
-                        "$push": { "outbox": "e" },
-                    },
-                )
-                .return_document(ReturnDocument::After)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("raw update matched nothing"))?;
-            }
-            Ok(1 + updates)
-        }
-    })
-    .await?;
-
-    // The catalog's store: the same chains through ProductStore, events included.
-    let store = Arc::new(ProductStore {
-        products: db.collection("products"),
-    });
     let event = |p: &Product| {
         let p = p.clone();
         move |version: u64| {
@@ -140,6 +110,46 @@ pub async fn run(
             )
         }
     };
+    // Raw: the same documents and filters through the driver alone.
+    let raw: Collection<Document> = db.collection("raw");
+    let raw_rate = drive(products, concurrency, |n| {
+        let (raw, event) = (raw.clone(), event);
+        async move {
+            let p = product(n);
+            // The same documents: attributes, and outbox entries of the same size.
+            let entry = |version: u64| outbox_entry(&event(&p)(version));
+            raw.insert_one(doc! {
+                "_id": &p.sku, "name": &p.name, "description": &p.description,
+                "category": &p.category, "price_minor": p.price_minor, "currency": &p.currency,
+                "attributes": { "colour": "blue" }, "stock": 0_i64, "version": 1_i64,
+                "outbox": [entry(1)], "outbox_pending": true,
+            })
+            .await?;
+            for v in 1..=updates as i64 {
+                raw.find_one_and_update(
+                    doc! { "_id": &p.sku, "version": v },
+                    doc! {
+                        "$set": {
+                            "name": &p.name, "description": &p.description, "category": &p.category,
+                            "price_minor": p.price_minor + v, "currency": &p.currency,
+                            "attributes": { "colour": "blue" }, "version": v + 1, "outbox_pending": true,
+                        },
+                        "$push": { "outbox": entry(v as u64 + 1) },
+                    },
+                )
+                .return_document(ReturnDocument::After)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("raw update matched nothing"))?;
+            }
+            Ok(1 + updates)
+        }
+    })
+    .await?;
+
+    // The catalog's store: the same chains through ProductStore, events included.
+    let store = Arc::new(ProductStore {
+        products: db.collection("products"),
+    });
     let catalog_rate = drive(products, concurrency, |n| {
         let store = store.clone();
         async move {
