@@ -70,13 +70,14 @@ app.kubernetes.io/component: {{ .name }}
 {{- end }}
 
 {{/*
-Image reference of one service: "<registry>/<repository>:<tag>".
+Image reference of one service: "<registry>/<repository>:<tag>". Every service runs the same
+image (infra/docker/Dockerfile holds every binary) unless it names its own repository.
 Argument: (dict "root" $ "name" <service> "svc" <service values>).
 */}}
 {{- define "shop.image" -}}
 {{- $img := get .svc "image" | default dict }}
 {{- $global := .root.Values.global.image }}
-{{- $repository := get $img "repository" | default (printf "shop-%s" .name) }}
+{{- $repository := get $img "repository" | default $global.repository | default "shop" }}
 {{- $tag := get $img "tag" | default $global.tag | default .root.Chart.AppVersion | toString }}
 {{- if $global.registry }}
 {{- printf "%s/%s:%s" (trimSuffix "/" $global.registry) $repository $tag }}
@@ -100,6 +101,14 @@ Name of the shared ConfigMap.
 {{- end }}
 
 {{/*
+The container's command: services.<name>.command, or the service's binary in the image.
+Argument: (dict "root" $ "name" <service> "svc" <service values>).
+*/}}
+{{- define "shop.command" -}}
+{{- get .svc "command" | default (list (printf "/usr/local/bin/shop-%s" .name)) | toJson }}
+{{- end }}
+
+{{/*
 ServiceAccount name.
 */}}
 {{- define "shop.serviceAccountName" -}}
@@ -108,6 +117,24 @@ ServiceAccount name.
 {{- else }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
+{{- end }}
+
+{{/*
+`base` with every key that `over` sets replaced by over's value, maps merged key by key (YAML).
+Unlike Sprig's merge/mergeOverwrite, an explicit false, 0 or "" in `over` wins: those treat such
+values as empty and keep base's, which silently ignored e.g. services.<name>.relay.enabled=false.
+Argument: (dict "base" <map> "over" <map>). Use: include "shop.overlay" (...) | fromYaml.
+*/}}
+{{- define "shop.overlay" -}}
+{{- $out := deepCopy .base }}
+{{- range $key, $value := .over }}
+{{- if and (kindIs "map" $value) (kindIs "map" (get $out $key)) }}
+{{- $_ := set $out $key (include "shop.overlay" (dict "base" (get $out $key) "over" $value) | fromYaml) }}
+{{- else }}
+{{- $_ := set $out $key $value }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
 {{- end }}
 
 {{/*
@@ -209,7 +236,7 @@ Argument: (dict "root" $ "name" <service> "svc" <service values>).
 {{- with $pg.options }}
 {{- $url = printf "%s?%s" $url (trimPrefix "?" .) }}
 {{- end }}
-{{- $relay := merge (deepCopy (get $svc "relay" | default dict)) (deepCopy $root.Values.relay) }}
+{{- $relay := include "shop.overlay" (dict "base" $root.Values.relay "over" (get $svc "relay" | default dict)) | fromYaml }}
 # The driver (sqlx) takes the password from PGPASSWORD when the URL carries none.
 - name: PGPASSWORD
   valueFrom:

@@ -51,7 +51,11 @@ pub enum Bench {
     /// Catalog writes/s (versioned, with their outbox events) beside the raw driver's same
     /// operations on the same MongoDB-wire server.
     Catalog {
-        #[arg(long, env = "SHOP__MONGO__URL", default_value = "mongodb://127.0.0.1:27017")]
+        #[arg(
+            long,
+            env = "SHOP__MONGO__URL",
+            default_value = "mongodb://127.0.0.1:27017"
+        )]
         mongo_url: String,
         #[arg(long, default_value_t = 1000)]
         products: usize,

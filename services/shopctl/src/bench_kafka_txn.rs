@@ -163,9 +163,9 @@ pub async fn run(kafka: &KafkaSettings, messages: usize, batch: usize) -> anyhow
     let started = Instant::now();
     for chunk in (0..messages).collect::<Vec<_>>().chunks(1000) {
         let keys: Vec<String> = chunk.iter().map(|i| format!("key-{}", i % 500)).collect();
-        let sends = keys.iter().map(|k| {
-            producer.send(FutureRecord::to(&input).key(k).payload(&payload), TIMEOUT)
-        });
+        let sends = keys
+            .iter()
+            .map(|k| producer.send(FutureRecord::to(&input).key(k).payload(&payload), TIMEOUT));
         for r in join_all(sends).await {
             r.map_err(|(e, _)| e)?;
         }

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::demo::channel;
 use anyhow::Context;
 use serde::Serialize;
 use shop_proto::{
@@ -19,7 +20,6 @@ use shop_proto::{
     },
     payment::{OpenAccountRequest, payment_service_client::PaymentServiceClient},
 };
-use tonic::transport::Channel;
 
 #[derive(Debug, Serialize)]
 struct RatePoint {
@@ -39,15 +39,11 @@ struct SagaBench {
     best_vs_pgbench_tps: f64,
 }
 
-fn channel(port: u16) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy())
-}
-
 pub async fn run(pg_url: &str, rates: &[u32], seconds: u64) -> anyhow::Result<()> {
     let run = &uuid::Uuid::now_v7().simple().to_string()[20..];
-    let order = OrderServiceClient::new(channel(50051)?);
+    let order = OrderServiceClient::new(channel("order")?);
     let (sku, account) = (format!("bench-{run}"), format!("bench-{run}"));
-    InventoryServiceClient::new(channel(50053)?)
+    InventoryServiceClient::new(channel("inventory")?)
         .restock(RestockRequest {
             tenant_id: "bench".into(),
             sku: sku.clone(),
@@ -55,7 +51,7 @@ pub async fn run(pg_url: &str, rates: &[u32], seconds: u64) -> anyhow::Result<()
         })
         .await
         .context("restock (is the platform running? `make run`)")?;
-    PaymentServiceClient::new(channel(50052)?)
+    PaymentServiceClient::new(channel("payment")?)
         .open_account(OpenAccountRequest {
             account_id: account.clone(),
             tenant_id: "bench".into(),

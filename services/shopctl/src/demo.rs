@@ -83,8 +83,9 @@ struct Kind {
     unit_minor: i64,
 }
 
-pub fn channel(port: u16) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+/// A lazy channel to service `name` at [`crate::health::url`].
+pub fn channel(name: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(crate::health::url(name))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .connect_lazy())
@@ -102,9 +103,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     // A tenant per run: every figure below (analytics' included) is about this run only.
     let tenant = format!("demo-{run}");
     let tenant = tenant.as_str();
-    let order = OrderServiceClient::new(channel(50051)?);
-    let mut payment = PaymentServiceClient::new(channel(50052)?);
-    let mut inventory = InventoryServiceClient::new(channel(50053)?);
+    let order = OrderServiceClient::new(channel("order")?);
+    let mut payment = PaymentServiceClient::new(channel("payment")?);
+    let mut inventory = InventoryServiceClient::new(channel("inventory")?);
 
     // The catalogue and the wallets of this run.
     let (plenty, scarce) = (format!("demo-{run}-mug"), format!("demo-{run}-lamp"));
@@ -368,7 +369,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             std::time::SystemTime::now() + Duration::from_secs(3600),
         )),
     });
-    let mut analytics = AnalyticsServiceClient::new(channel(50057)?);
+    let mut analytics = AnalyticsServiceClient::new(channel("analytics")?);
     let waited = std::time::Instant::now();
     let cancelled = outcomes.len() - completed;
     let analytics_mismatch = loop {

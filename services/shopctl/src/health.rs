@@ -1,4 +1,7 @@
-//! gRPC health checks (`grpc.health.v1`) of every service on its local port.
+//! Where shopctl finds the services, and their gRPC health checks (`grpc.health.v1`).
+//!
+//! Service `name` is at `SHOP_<NAME>` (e.g. `SHOP_CATALOG=http://catalog:50055`, as the compose
+//! file's `demo` service sets them), else at its native-stack port on 127.0.0.1.
 
 use std::time::Duration;
 
@@ -24,9 +27,19 @@ pub struct Health {
     pub detail: String,
 }
 
+/// The gRPC URL of service `name` (one of [`SERVICES`]).
+pub fn url(name: &str) -> String {
+    let port = SERVICES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, port)| *port);
+    std::env::var(format!("SHOP_{}", name.to_uppercase()))
+        .unwrap_or_else(|_| format!("http://127.0.0.1:{port}"))
+}
+
 pub async fn check_all() -> Vec<Health> {
-    let checks = SERVICES.iter().map(|(name, port)| async move {
-        let addr = format!("http://127.0.0.1:{port}");
+    let checks = SERVICES.iter().map(|(name, _)| async move {
+        let addr = url(name);
         let (serving, detail) = match check(&addr).await {
             Ok(status) => (status == ServingStatus::Serving, format!("{status:?}")),
             Err(e) => (false, format!("{e:#}")),

@@ -59,13 +59,13 @@ pub async fn run(
     run: &str,
     tenant: &str,
     shoppers: usize,
-    channel: impl Fn(u16) -> anyhow::Result<Channel>,
+    channel: impl Fn(&str) -> anyhow::Result<Channel>,
 ) -> anyhow::Result<StorefrontSummary> {
-    let mut catalog = CatalogServiceClient::new(channel(50055)?);
-    let cart = CartServiceClient::new(channel(50056)?);
-    let order = OrderServiceClient::new(channel(50051)?);
-    let mut inventory = InventoryServiceClient::new(channel(50053)?);
-    let mut payment = PaymentServiceClient::new(channel(50052)?);
+    let mut catalog = CatalogServiceClient::new(channel("catalog")?);
+    let cart = CartServiceClient::new(channel("cart")?);
+    let order = OrderServiceClient::new(channel("order")?);
+    let mut inventory = InventoryServiceClient::new(channel("inventory")?);
+    let mut payment = PaymentServiceClient::new(channel("payment")?);
     let marker = format!("run{run}");
     let (tea, pot) = (format!("demo-{run}-tea"), format!("demo-{run}-teapot"));
     for (sku, name, price) in [(&tea, "Green tea", 900), (&pot, "Glass teapot", 3_900)] {

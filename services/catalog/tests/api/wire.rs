@@ -8,7 +8,8 @@ use mongodb::{
 };
 
 async fn scratch() -> (mongodb::Database, Collection<Document>) {
-    let url = std::env::var("SHOP__MONGO__URL").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into());
+    let url =
+        std::env::var("SHOP__MONGO__URL").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into());
     let client = Client::with_uri_str(&url).await.expect("mongo client");
     let db = client.database(&format!(
         "test_wire_{}",
@@ -44,11 +45,16 @@ async fn a_pushed_subdocument_and_a_set_boolean_read_back_as_they_were_written()
 #[tokio::test]
 async fn find_and_modify_reports_a_bad_update_instead_of_matching_nothing() {
     let (db, c) = scratch().await;
-    c.insert_one(doc! { "_id": 1, "n": 1 }).await.expect("insert");
+    c.insert_one(doc! { "_id": 1, "n": 1 })
+        .await
+        .expect("insert");
     let r = c
         .find_one_and_update(doc! { "_id": 1 }, doc! { "$frobnicate": { "n": 1 } })
         .await;
-    assert!(r.is_err(), "an unknown operator must be an error, got {r:?}");
+    assert!(
+        r.is_err(),
+        "an unknown operator must be an error, got {r:?}"
+    );
     db.drop().await.expect("drop");
 }
 
