@@ -177,9 +177,10 @@ install_kafka() {
   maven_fetch "$REPO/infra/local/kafka/pom.xml" "$KAFKA_LIBS" -Dkafka.version="$KAFKA_VERSION"
 }
 
-# A modest heap: the broker's page cache is the OS's, not the JVM's.
+# A modest heap: the broker's page cache is the OS's, not the JVM's. `exec`: the pid file names
+# the JVM itself, so `down` stops the broker and not just a shell around it.
 kafka_java() { # main-class args...
-  java -Xms512m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+  exec java -Xms512m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
     -Dkafka.logs.dir="$LOG_DIR" -Dlog4j2.configurationFile="$REPO/infra/local/kafka/log4j2.yaml" \
     -cp "$KAFKA_LIBS/*" "$@"
 }
@@ -218,9 +219,9 @@ up_kafka() {
   write_kafka_config
   local dir=$STACK_DIR/kafka
   # Format once: the cluster id is kept beside the data; --ignore-formatted makes re-runs no-ops.
-  [ -s "$dir/cluster.id" ] || kafka_java kafka.tools.StorageTool random-uuid > "$dir/cluster.id"
-  kafka_java kafka.tools.StorageTool format --standalone --ignore-formatted \
-    -t "$(cat "$dir/cluster.id")" -c "$dir/server.properties" >"$LOG_DIR/kafka-format.log" 2>&1 \
+  [ -s "$dir/cluster.id" ] || (kafka_java kafka.tools.StorageTool random-uuid) > "$dir/cluster.id"
+  (kafka_java kafka.tools.StorageTool format --standalone --ignore-formatted \
+    -t "$(cat "$dir/cluster.id")" -c "$dir/server.properties") >"$LOG_DIR/kafka-format.log" 2>&1 \
     || { cat "$LOG_DIR/kafka-format.log" >&2; die "kafka storage format failed"; }
   (trap '' HUP; kafka_java kafka.Kafka "$dir/server.properties" >"$LOG_DIR/kafka.out" 2>&1) &
   echo $! > "$RUN_DIR/kafka.pid"

@@ -82,10 +82,16 @@ pub struct Hits {
 pub trait SearchBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Indexes `p` unless the index holds this version or a newer one (the stock already
-    /// indexed is kept). Returns whether it changed the index, visible to searches on return.
+    /// indexed is kept). Returns whether it changed the index. Searchable on return (embedded)
+    /// or within the index's refresh interval (OpenSearch: 250 ms), or after [`Self::refresh`].
     async fn upsert_product(&self, p: IndexedProduct) -> anyhow::Result<bool>;
-    /// Sets the stock of `sku`, visible to searches on return.
+    /// Sets the stock of `sku`; searchable as for [`Self::upsert_product`].
     async fn set_stock(&self, sku: &str, stock: i64) -> anyhow::Result<()>;
+    /// Makes every write so far searchable now. The feed never calls it (a forced refresh per
+    /// write would cap it at a few dozen events/s); tests that search right after writing do.
+    async fn refresh(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
     async fn search(&self, q: &Query) -> anyhow::Result<Hits>;
     /// The indexed document of `sku`, listed or not.
     async fn get(&self, sku: &str) -> anyhow::Result<Option<IndexedProduct>>;

@@ -35,6 +35,8 @@ fn q(text: &str) -> Query {
     }
 }
 
+/// Searches follow `refresh` (the OpenSearch index otherwise makes writes searchable within its
+/// refresh interval); `get` is realtime on both backends.
 async fn contract(b: Arc<dyn SearchBackend>) {
     let name = b.name();
     for x in [
@@ -46,6 +48,7 @@ async fn contract(b: Arc<dyn SearchBackend>) {
     ] {
         assert!(b.upsert_product(x).await.expect("index"), "{name}");
     }
+    b.refresh().await.expect("refresh");
     // Full text, every word must match.
     assert_eq!(
         skus(
@@ -99,6 +102,7 @@ async fn contract(b: Arc<dyn SearchBackend>) {
         "{name}"
     );
     b.set_stock("teapot", 3).await.expect("stock");
+    b.refresh().await.expect("refresh");
     let hits = b.search(&in_stock).await.expect("search");
     assert_eq!(skus(&hits), ["teapot"], "{name}");
     assert_eq!(hits.products[0].stock, 3);
@@ -137,6 +141,7 @@ async fn contract(b: Arc<dyn SearchBackend>) {
     assert_eq!((t.price_minor, t.stock, t.version), (3500, 3, 2), "{name}");
     // Stock known before the product: not listed until the product arrives, then in stock.
     b.set_stock("kettle", 5).await.expect("stock first");
+    b.refresh().await.expect("refresh");
     assert!(
         b.search(&q("kettle"))
             .await
@@ -148,6 +153,7 @@ async fn contract(b: Arc<dyn SearchBackend>) {
     b.upsert_product(p("kettle", "Electric kettle", "kitchen", 2900, 1))
         .await
         .expect("then the product");
+    b.refresh().await.expect("refresh");
     let k = b
         .search(&Query {
             in_stock_only: true,
