@@ -4,10 +4,13 @@ CARGO ?= cargo
 STACK := infra/local/stack.sh
 SERVICES := infra/local/services.sh
 
-.PHONY: run down test test-crash lint fmt bench bench-saga smoke stack stack-down build build-release ci
+.PHONY: run down test test-crash lint fmt bench bench-saga smoke stack stack-down build build-tests build-release ci
 
-## run: install what is missing, start the stores and every service, run the demo workload
-run: stack build
+## run: install what is missing, start the stores and every service, run the demo workload.
+## The stores come up while the workspace compiles (-j2: most of bringing them up is downloads
+## and JVM start-ups; each target's output is printed when it is done).
+run:
+	$(MAKE) --no-print-directory -j2 --output-sync=target stack build
 	$(SERVICES) up
 	./target/debug/shopctl demo
 
@@ -16,8 +19,10 @@ down:
 	-$(SERVICES) down
 	$(STACK) down
 
-## test: the whole suite (unit, integration, end to end) against the real stores
-test: stack
+## test: the whole suite (unit, integration, end to end) against the real stores (the stores
+## come up while the tests compile)
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target stack build-tests
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
 ## test-crash: only the test that SIGKILLs the order service mid-run (it is in `make test` too).
@@ -56,6 +61,9 @@ stack-down:
 
 build:
 	$(CARGO) build --workspace --bins
+
+build-tests:
+	$(CARGO) test --workspace --all-targets --no-run
 
 build-release:
 	$(CARGO) build --release --workspace --bins
