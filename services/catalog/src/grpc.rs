@@ -32,27 +32,33 @@ pub struct Catalog {
     pub events_topic: String,
 }
 
+/// The `catalog.product_changed` event of `p` on `topic`, at the version the store gives the
+/// write (the store passes it in).
+pub fn product_changed(topic: &str, p: &Product) -> impl FnOnce(u64) -> NewEvent + use<> {
+    let topic = topic.to_owned();
+    let p = p.clone();
+    move |version| {
+        NewEvent::new(
+            &topic,
+            types::PRODUCT_CHANGED,
+            "product",
+            &p.sku,
+            &ProductChanged {
+                sku: p.sku.clone(),
+                name: p.name.clone(),
+                category: p.category.clone(),
+                price: Some(p.price()),
+                version,
+                description: p.description.clone(),
+                attributes: p.attributes.clone().into_iter().collect(),
+            },
+        )
+    }
+}
+
 impl Catalog {
-    fn changed(&self, p: &Product) -> impl FnOnce(u64) -> NewEvent {
-        let topic = self.events_topic.clone();
-        let p = p.clone();
-        move |version| {
-            NewEvent::new(
-                &topic,
-                types::PRODUCT_CHANGED,
-                "product",
-                &p.sku,
-                &ProductChanged {
-                    sku: p.sku.clone(),
-                    name: p.name.clone(),
-                    category: p.category.clone(),
-                    price: Some(p.price()),
-                    version,
-                    description: p.description.clone(),
-                    attributes: p.attributes.clone().into_iter().collect(),
-                },
-            )
-        }
+    fn changed(&self, p: &Product) -> impl FnOnce(u64) -> NewEvent + use<> {
+        product_changed(&self.events_topic, p)
     }
 }
 
@@ -91,6 +97,15 @@ impl CatalogService for Catalog {
             return Err(ServiceError::invalid(
                 "expected_version",
                 "is required (the version you read)",
+            )
+            .into());
+        }
+        // Versions are stored as int64 and the update writes expected + 1: anything larger
+        // than that can allow was never read from this service.
+        if r.expected_version >= i64::MAX as u64 {
+            return Err(ServiceError::invalid(
+                "expected_version",
+                "is larger than any product version",
             )
             .into());
         }

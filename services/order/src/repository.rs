@@ -122,6 +122,25 @@ pub async fn saga(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, 
     Ok(t.map(saga_from))
 }
 
+/// Pushes back the deadline of a saga the timeout sweep could not advance, with the reason, so
+/// that the sweep goes on to the others (and `saga list --stuck` shows why).
+pub async fn defer_saga(
+    conn: &mut PgConnection,
+    id: Uuid,
+    until: DateTime<Utc>,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE saga SET deadline = $2, last_error = $3, updated_at = now() WHERE saga_id = $1",
+    )
+    .bind(id)
+    .bind(until)
+    .bind(error)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
 pub async fn save_saga(
     conn: &mut PgConnection,
     id: Uuid,

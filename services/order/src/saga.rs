@@ -96,6 +96,9 @@ pub struct Orchestrator {
 /// How many times a transition reloads and decides again after losing an append race.
 const CONFLICT_RETRIES: usize = 5;
 
+/// How long the timeout sweep leaves a saga it could not advance before it tries again.
+const SWEEP_RETRY: Duration = Duration::from_secs(10);
+
 impl Orchestrator {
     /// Opens the stream of a new order (`order_placed`, version 1), indexes its saga, and
     /// enqueues `order.placed` and the first command, all in the caller's transaction.
@@ -395,8 +398,10 @@ impl Orchestrator {
     }
 
     /// One sweep: returns how many sagas timed out. Each saga is advanced in a transaction of
-    /// its own, so one that fails (or loses a deadlock to a reply being applied) holds back no
-    /// other; it is simply due again at the next sweep.
+    /// its own, oldest deadline first. One that cannot be advanced (a stream that no longer
+    /// decodes, a lost deadlock, no stream at all) is rolled back, gets its error recorded and
+    /// its deadline pushed back by [`SWEEP_RETRY`], and the sweep goes on to the next: no saga
+    /// holds back the others.
     pub async fn time_out_due(&self, pool: &PgPool) -> anyhow::Result<usize> {
         let mut timed_out = 0;
         for _ in 0..100 {
@@ -404,16 +409,20 @@ impl Orchestrator {
             let Some(id) = repository::due_sagas(&mut tx, 1).await?.into_iter().next() else {
                 break;
             };
-            match self.advance(&mut tx, id, &Event::TimedOut, None).await {
-                Ok(_) => {
+            let error = match self.advance(&mut tx, id, &Event::TimedOut, None).await {
+                Ok(Some(_)) => {
                     tx.commit().await?;
                     timed_out += 1;
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(saga = %id, error = %e, "saga timeout not applied, will retry");
-                    break;
-                }
-            }
+                Ok(None) => "the saga has no order stream".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            tx.rollback().await?;
+            tracing::warn!(saga = %id, error = %error, retry_in = ?SWEEP_RETRY, "saga timeout not applied, deferred");
+            metrics::counter!("saga_sweep_errors_total").increment(1);
+            let until = Utc::now() + SWEEP_RETRY;
+            repository::defer_saga(&mut *pool.acquire().await?, id, until, &error).await?;
         }
         if timed_out > 0 {
             tracing::info!(count = timed_out, "sagas timed out");

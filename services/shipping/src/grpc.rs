@@ -59,6 +59,7 @@ impl ShippingService for Shipping {
                 seconds: s.updated_at.timestamp(),
                 nanos: s.updated_at.timestamp_subsec_nanos() as i32,
             }),
+            reason: s.reason.unwrap_or_default(),
         }))
     }
 

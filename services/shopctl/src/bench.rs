@@ -27,7 +27,7 @@ pub enum Bench {
     },
     Saga {
         /// Offered loads, orders/s.
-        #[arg(long, value_delimiter = ',', default_value = "20,50,100")]
+        #[arg(long, value_delimiter = ',', default_value = "20,50,100,200,400")]
         rates: Vec<u32>,
         /// Seconds per load.
         #[arg(long, default_value_t = 15)]

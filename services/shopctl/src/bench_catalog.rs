@@ -16,9 +16,9 @@ use mongodb::{
 use serde::Serialize;
 use shop_catalog::{
     domain::Product,
+    grpc::product_changed,
     store::{ProductStore, outbox_entry},
 };
-use shop_messaging::NewEvent;
 
 #[derive(Debug, Serialize)]
 struct CatalogBench {
@@ -90,26 +90,7 @@ pub async fn run(
         &uuid::Uuid::now_v7().simple().to_string()[20..]
     ));
 
-    let event = |p: &Product| {
-        let p = p.clone();
-        move |version: u64| {
-            NewEvent::new(
-                "bench.catalog",
-                "catalog.product_changed",
-                "product",
-                &p.sku,
-                &shop_proto::events::ProductChanged {
-                    sku: p.sku.clone(),
-                    name: p.name.clone(),
-                    category: p.category.clone(),
-                    price: Some(p.price()),
-                    version,
-                    description: p.description.clone(),
-                    attributes: p.attributes.clone().into_iter().collect(),
-                },
-            )
-        }
-    };
+    let event = |p: &Product| product_changed("bench.catalog", p);
     // Raw: the same documents and filters through the driver alone.
     let raw: Collection<Document> = db.collection("raw");
     let raw_rate = drive(products, concurrency, |n| {

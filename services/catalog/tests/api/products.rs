@@ -90,6 +90,18 @@ async fn versioned_updates_conflict_and_every_change_reaches_kafka_in_order() {
         .await
         .expect_err("missing");
     assert_eq!(missing.code(), Code::NotFound);
+    // The largest versions: a clear error, no overflow (it used to panic the handler).
+    for expected_version in [u64::MAX, i64::MAX as u64] {
+        let huge = client
+            .update_product(UpdateProductRequest {
+                product: Some(changed.clone()),
+                expected_version,
+            })
+            .await
+            .expect_err("huge version");
+        assert_eq!(huge.code(), Code::InvalidArgument, "{huge:?}");
+        assert!(huge.message().contains("expected_version"));
+    }
     let no_version = client
         .update_product(UpdateProductRequest {
             product: Some(changed),

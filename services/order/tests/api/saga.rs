@@ -388,3 +388,90 @@ async fn an_operator_can_list_retry_and_compensate_a_waiting_saga() {
     assert_eq!(err.code(), Code::InvalidArgument);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_saga_that_cannot_advance_does_not_hold_back_the_timeout_sweep() {
+    // No shipping service: both sagas wait at PAYMENT_CHARGED and time out on create_shipment.
+    let p = spawn_platform(
+        quick_saga(),
+        Run {
+            order: true,
+            shipping: false,
+        },
+    )
+    .await;
+    p.restock("lute", 2).await;
+    p.open_account("acc", 100_000).await;
+    let mut ids = vec![];
+    for key in ["k-s1", "k-s2"] {
+        let id = p
+            .place(request(key, "lute", 1, 4_000, "acc", "DE"))
+            .await
+            .order
+            .expect("order")
+            .order_id;
+        ids.push(id);
+    }
+    let client = p.order.clone();
+    let saga = |id: String| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_saga(GetSagaRequest { saga_id: id })
+                .await
+                .expect("saga")
+                .into_inner()
+        }
+    };
+    for id in &ids {
+        while saga(id.clone()).await.state() != SagaState::PaymentCharged {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // The first saga's stream gains an event this build cannot decode (written by a newer one,
+    // say), and its deadline becomes the oldest: every sweep meets it first.
+    let broken = uuid::Uuid::parse_str(&ids[0]).expect("uuid");
+    sqlx::query(
+        "INSERT INTO events (stream_id, version, event_type, schema_version, payload) \
+         SELECT $1, max(version) + 1, 'order_from_the_future', 1, '{}' FROM events WHERE stream_id = $1",
+    )
+    .bind(broken)
+    .execute(&p.order_db)
+    .await
+    .expect("append an undecodable event");
+    sqlx::query("UPDATE saga SET deadline = now() - interval '1 hour' WHERE saga_id = $1")
+        .bind(broken)
+        .execute(&p.order_db)
+        .await
+        .expect("oldest deadline");
+
+    // The other one still times out, exhausts its tries and undoes its steps.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = saga(ids[1].clone()).await;
+        let undone = |name: &str| {
+            s.steps
+                .iter()
+                .any(|st| st.name == name && st.status == "done")
+        };
+        if undone("refund_payment") && undone("release_stock") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep never reached the second saga: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The broken one is left for an operator: its error recorded, its deadline pushed back.
+    let (last_error, later): (Option<String>, bool) =
+        sqlx::query_as("SELECT last_error, deadline > now() FROM saga WHERE saga_id = $1")
+            .bind(broken)
+            .fetch_one(&p.order_db)
+            .await
+            .expect("saga row");
+    let last_error = last_error.unwrap_or_default();
+    assert!(last_error.contains("order_from_the_future"), "{last_error}");
+    assert!(later, "its deadline was pushed back");
+    p.stop().await;
+}

@@ -153,6 +153,21 @@ async fn destinations_outside_the_zones_are_refused_and_a_create_after_a_cancel_
             .reason,
         "we do not ship to AQ"
     );
+    // GetShipment reports it with a status the contract lists, and why.
+    let shipment = app
+        .grpc
+        .clone()
+        .get_shipment(GetShipmentRequest {
+            order_id: "o-2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the refusal is recorded")
+        .into_inner();
+    assert_eq!(
+        (shipment.status.as_str(), shipment.reason.as_str()),
+        ("refused", "we do not ship to AQ")
+    );
 
     app.saga
         .send(&app.saga.command(
