@@ -264,8 +264,12 @@ impl<H: Handler> Inbox<H> {
                                 // Shutdown while the message was between retries: leave it for redelivery.
                                 Ok(None) => break 'consume,
                                 Err(e) => {
-                                    self.pause_on_infrastructure_error(&batch[next], &e, &shutdown)
-                                        .await;
+                                    self.pause_on_infrastructure_error(
+                                        &batch[next..],
+                                        &e,
+                                        &shutdown,
+                                    )
+                                    .await;
                                     // Everything from here on is fetched again after the seek.
                                     continue 'consume;
                                 }
@@ -273,7 +277,7 @@ impl<H: Handler> Inbox<H> {
                         }
                     }
                     Err(e) => {
-                        self.pause_on_infrastructure_error(&batch[next], &e, &shutdown)
+                        self.pause_on_infrastructure_error(&batch[next..], &e, &shutdown)
                             .await;
                         continue 'consume;
                     }
@@ -311,22 +315,33 @@ impl<H: Handler> Inbox<H> {
         }
     }
 
-    /// The database or broker is unreachable: do not move the offset; seek back to `msg` and try
-    /// again after a pause.
+    /// The database or broker is unreachable: store no offset; seek every partition that has a
+    /// message in `unapplied` (the rest of a fetched batch, which may span partitions) back to its
+    /// first unapplied offset, and try again after a pause. (Rewinding only the failing message's
+    /// partition lost the other partitions' messages of the batch: their positions had moved on.)
     async fn pause_on_infrastructure_error(
         &self,
-        msg: &BorrowedMessage<'_>,
+        unapplied: &[BorrowedMessage<'_>],
         error: &anyhow::Error,
         shutdown: &CancellationToken,
     ) {
         tracing::error!(error = ?error, "inbox cannot process message, retrying");
-        if let Err(e) = self.consumer.seek(
-            msg.topic(),
-            msg.partition(),
-            rdkafka::Offset::Offset(msg.offset()),
-            Duration::from_secs(5),
-        ) {
-            tracing::warn!(error = %e, "seek back failed");
+        // Per partition, messages are in offset order: the first seen is the first unapplied.
+        let mut first = std::collections::BTreeMap::new();
+        for msg in unapplied {
+            first
+                .entry((msg.topic(), msg.partition()))
+                .or_insert(msg.offset());
+        }
+        for ((topic, partition), offset) in first {
+            if let Err(e) = self.consumer.seek(
+                topic,
+                partition,
+                rdkafka::Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                tracing::warn!(error = %e, topic, partition, "seek back failed");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => {},

@@ -148,3 +148,55 @@ async fn a_poison_message_is_dead_lettered_and_the_messages_after_it_are_still_p
     assert!(seen[1].1.contains("undecodable"), "{:?}", seen[1]);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_database_error_mid_batch_rewinds_every_partition_in_the_batch() {
+    let db = TestDb::new().await;
+    let kafka = kafka();
+    let topic = topic(&kafka, "rewind").await;
+    // The inbox table is gone for a while: every batch fails at its first insert, as it would
+    // on a dropped connection. (A rename, because the test role may do anything.)
+    sqlx::query("ALTER TABLE inbox RENAME TO inbox_away")
+        .execute(&db.pool)
+        .await
+        .expect("hide the inbox");
+    // 8 keys x 5 ticks, over every partition, all fetched before the first batch is applied.
+    let (keys, ticks) = (8, 5);
+    let producer = kafka.producer(Duration::from_secs(10)).expect("producer");
+    for seq in 1..=ticks {
+        for k in 0..keys {
+            let key = format!("agg-{k}");
+            let tick = smoke::tick(&topic, &key, seq).envelope.encode_to_vec();
+            producer
+                .send(
+                    rdkafka::producer::FutureRecord::to(&topic)
+                        .key(&key)
+                        .payload(&tick),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+        }
+    }
+    let (stats, stop, task) = start_inbox(&db, &kafka, &topic, |c| {
+        c.max_backoff = Duration::from_millis(300);
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::query("ALTER TABLE inbox_away RENAME TO inbox")
+        .execute(&db.pool)
+        .await
+        .expect("the inbox is back");
+    let total = (keys * ticks) as i64;
+    eventually(Duration::from_secs(30), "every tick applied", || {
+        let pool = db.pool.clone();
+        async move { smoke::effects(&pool).await.expect("effects").applied >= total }
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("join").expect("inbox ran");
+    let effects = smoke::effects(&db.pool).await.expect("effects");
+    assert_eq!(effects.applied, total, "nothing lost");
+    assert_eq!(effects.applied_twice, 0, "nothing twice");
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
+    db.drop_db().await;
+}
