@@ -58,7 +58,10 @@ where
                             .with_max_delay(Duration::from_secs(5))
                             .without_max_times(),
                     )
-                    .when(|e| matches!(e, HandlerError::Transient(_)) && !shutdown.is_cancelled())
+                    .when(|e| {
+                        matches!(e, HandlerError::Transient(_) | HandlerError::Unavailable(_))
+                            && !shutdown.is_cancelled()
+                    })
                     .notify(|e, after| {
                         tracing::warn!(group, error = %e, ?after, "handler failed, retrying");
                     });
@@ -68,7 +71,7 @@ where
         match outcome {
             Ok(()) => metrics::counter!("consumer_processed_total", "group" => group.to_owned())
                 .increment(1),
-            Err(HandlerError::Transient(e)) => {
+            Err(HandlerError::Transient(e) | HandlerError::Unavailable(e)) => {
                 // Only when shutting down: leave the offset, the message comes again.
                 tracing::info!(group, error = %e, "stopping with a message unfinished");
                 break;

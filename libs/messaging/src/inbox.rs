@@ -15,10 +15,11 @@
 //! batch rolls the batch back; the messages before it are applied again on their own, and the
 //! failing one takes the single-message path below.
 //!
-//! A handler error rolls the transaction back. [`HandlerError::Transient`] is retried with
-//! exponential backoff up to `max_attempts`; then, or at once for [`HandlerError::Permanent`],
-//! the message goes to `<topic>.dlq` with its error and attempt count in headers, an inbox row
-//! records it as dead-lettered, and the partition moves on.
+//! A handler error rolls the transaction back. [`HandlerError::Unavailable`] (the database is
+//! unreachable or going away) is retried with backoff until the store is back and uses up no
+//! try; [`HandlerError::Transient`] is retried up to `max_attempts`; then, or at once for
+//! [`HandlerError::Permanent`], the message goes to `<topic>.dlq` with its error and attempt
+//! count in headers, an inbox row records it as dead-lettered, and the partition moves on.
 
 use std::{
     future::Future,
@@ -50,7 +51,13 @@ use crate::{
 /// Why a handler could not apply a message.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Might succeed later (a lock timeout, a dependency down): retried with backoff.
+    /// The store is not there (connection lost or refused, pool exhausted, server shutting
+    /// down or out of resources): retried with backoff until it is back, never dead-lettered,
+    /// so a short outage or a failover costs time and loses no live command.
+    #[error("store unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// Might succeed later (a deadlock, a serialization failure, a lock timeout, a rule that a
+    /// later message will satisfy): retried with backoff, dead-lettered after `max_attempts`.
     #[error("transient: {0:#}")]
     Transient(anyhow::Error),
     /// Will never succeed (a payload that does not decode, an unknown type): dead-lettered now.
@@ -58,9 +65,33 @@ pub enum HandlerError {
     Permanent(anyhow::Error),
 }
 
+/// Whether `e` says the database itself is unreachable or going away, rather than anything about
+/// this message: SQLSTATE classes 08 (connection), 53 (insufficient resources), 57P (operator
+/// intervention: shutdown, crash recovery), and the driver's I/O, TLS and pool errors.
+pub fn store_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for HandlerError {
+    /// An unreachable store is [`HandlerError::Unavailable`]; anything else (deadlocks,
+    /// serialization failures, a unique violation lost to a racing writer) is
+    /// [`HandlerError::Transient`]: it may well pass on the next try.
     fn from(e: sqlx::Error) -> Self {
-        Self::Transient(e.into())
+        if store_unavailable(&e) {
+            Self::Unavailable(e.into())
+        } else {
+            Self::Transient(e.into())
+        }
     }
 }
 
@@ -456,11 +487,14 @@ impl<H: Handler> Inbox<H> {
             .build();
         let mut attempt = 0;
         loop {
-            attempt += 1;
             let error = match self.apply(msg, &envelope, event_id).await? {
                 Ok(outcome) => return Ok(Some(outcome)),
                 Err(e) => e,
             };
+            // An unavailable store says nothing about the message: it does not use up a try.
+            if !matches!(error, HandlerError::Unavailable(_)) {
+                attempt += 1;
+            }
             let last =
                 attempt >= self.config.max_attempts || matches!(error, HandlerError::Permanent(_));
             tracing::warn!(

@@ -42,8 +42,9 @@ impl From<StoreError> for shop_core::ServiceError {
 impl From<StoreError> for shop_messaging::inbox::HandlerError {
     fn from(e: StoreError) -> Self {
         match e {
-            // A conflict or a database error may pass: retried.
-            StoreError::Conflict(_) | StoreError::Db(_) => Self::Transient(e.into()),
+            // A conflict may pass: retried; a database error is classified by its kind.
+            StoreError::Conflict(_) => Self::Transient(e.into()),
+            StoreError::Db(db) => db.into(),
             StoreError::Decode(_) => Self::Permanent(e.into()),
         }
     }

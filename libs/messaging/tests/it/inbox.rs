@@ -200,3 +200,78 @@ async fn a_database_error_mid_batch_rewinds_every_partition_in_the_batch() {
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
     db.drop_db().await;
 }
+
+/// [`smoke::OrderedTicks`], behind a database connection that dies under the first `kills`
+/// attempts (the server ends the backend, as in a restart or a failover).
+struct DyingConnection {
+    kills: u32,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl shop_messaging::inbox::Handler for DyingConnection {
+    async fn handle(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: &shop_messaging::EventEnvelope,
+    ) -> Result<(), shop_messaging::inbox::HandlerError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.kills {
+            sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+                .execute(&mut *conn)
+                .await?;
+        }
+        smoke::OrderedTicks.handle(conn, event).await
+    }
+}
+
+#[tokio::test]
+async fn a_lost_database_connection_is_retried_until_it_is_back_and_never_dead_lettered() {
+    use shop_messaging::inbox::{Inbox, InboxConfig};
+    let db = TestDb::new().await;
+    let kafka = kafka();
+    let topic = topic(&kafka, "outage").await;
+    let tick = smoke::tick(&topic, "agg-o", 1);
+    produce_raw(&kafka, &topic, "agg-o", &tick.envelope.encode_to_vec()).await;
+    // Fewer tries than lost connections: a try-counting retry would dead-letter the command.
+    let mut config = InboxConfig::new(
+        format!("group-{}", uuid::Uuid::new_v4().simple()),
+        &[&topic],
+    );
+    config.max_attempts = 2;
+    config.initial_backoff = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(100);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let handler = DyingConnection {
+        kills: 4,
+        calls: calls.clone(),
+    };
+    let inbox = Inbox::new(db.pool.clone(), &kafka, config, handler).expect("inbox");
+    let stats = inbox.stats();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(inbox.run(stop.clone()));
+    eventually(
+        Duration::from_secs(30),
+        "the tick applied or dead-lettered",
+        || {
+            let s = stats.clone();
+            async move {
+                s.processed.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed) >= 1
+            }
+        },
+    )
+    .await;
+    stop.cancel();
+    task.await.expect("join").expect("inbox ran");
+    assert_eq!(
+        stats.dead_lettered.load(Ordering::Relaxed),
+        0,
+        "not dead-lettered"
+    );
+    assert_eq!(stats.processed.load(Ordering::Relaxed), 1);
+    assert!(
+        calls.load(Ordering::SeqCst) > 4,
+        "it outlived every lost connection"
+    );
+    let effects = smoke::effects(&db.pool).await.expect("effects");
+    assert_eq!(effects.applied, 1);
+    db.drop_db().await;
+}
