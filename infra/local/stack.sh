@@ -43,7 +43,10 @@ die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Fails for good (not just "not yet") when the process is gone, so wait_for stops early.
-alive_and_open() { kill -0 "$(cat "$1")" 2>/dev/null || return 2; port_open "$2"; }
+running_and() { # pidfile command...: the command's status while the process lives, else 2
+  kill -0 "$(cat "$1")" 2>/dev/null || return 2
+  shift; "$@"
+}
 
 wait_for() { # name timeout_s command...
   local name=$1 timeout=$2; shift 2
@@ -164,7 +167,6 @@ install_java() {
 maven_fetch() { # pom libs_dir -Dprop=value...
   local pom=$1 dir=$2; shift 2
   [ -f "$dir/.complete" ] && return 0
-  install_java
   log "fetching $(basename "$(dirname "$pom")") jars with Maven into $dir"
   rm -rf "$dir"; mkdir -p "$dir"
   mvn -q -B -Dstyle.color=never -f "$pom" "$@" -Dlibs.dir="$dir" dependency:copy-dependencies \
@@ -174,6 +176,7 @@ maven_fetch() { # pom libs_dir -Dprop=value...
 }
 
 install_kafka() {
+  install_java
   maven_fetch "$REPO/infra/local/kafka/pom.xml" "$KAFKA_LIBS" -Dkafka.version="$KAFKA_VERSION"
 }
 
@@ -228,13 +231,9 @@ up_kafka() {
   started_here kafka
   # Tests that kill a broker of their own run these same jars (libs/messaging/tests/it/helpers.rs).
   ln -sfn "$KAFKA_LIBS" "$dir/libs"
-  wait_for kafka 90 kafka_answers
+  wait_for kafka 90 running_and "$RUN_DIR/kafka.pid" \
+    python3 "$REPO/infra/local/kafka/await_metadata.py" 127.0.0.1 9092
   log "kafka: up on 127.0.0.1:9092 (Apache Kafka $KAFKA_VERSION, KRaft, data $dir/data)"
-}
-
-kafka_answers() {
-  kill -0 "$(cat "$RUN_DIR/kafka.pid")" 2>/dev/null || return 2
-  python3 "$REPO/infra/local/kafka/await_metadata.py" 127.0.0.1 9092
 }
 
 down_kafka() { kill_pidfile "$RUN_DIR/kafka.pid"; }
@@ -346,7 +345,7 @@ up_mongo() {
   fi
   echo $! > "$RUN_DIR/mongo.pid"
   started_here mongo
-  wait_for mongo 60 alive_and_open "$RUN_DIR/mongo.pid" 27017
+  wait_for mongo 60 running_and "$RUN_DIR/mongo.pid" port_open 27017
   log "mongo: up on 127.0.0.1:27017 ($MONGO_SERVER)"
 }
 
@@ -357,6 +356,7 @@ down_mongo() { kill_pidfile "$RUN_DIR/mongo.pid"; }
 # (infra/local/search/pom.xml) and a launcher of ours (SearchNode.java, compiled here against
 # them) that starts org.opensearch.node.Node with the modules a distribution would load.
 install_search() {
+  install_java
   maven_fetch "$REPO/infra/local/search/pom.xml" "$SEARCH_LIBS" -Dopensearch.version="$OPENSEARCH_VERSION"
   local src="$REPO/infra/local/search/SearchNode.java" sum
   sum=$(md5sum "$src" | cut -c1-12)
@@ -378,14 +378,11 @@ up_search() {
     >"$LOG_DIR/search.out" 2>&1) &
   echo $! > "$RUN_DIR/search.pid"
   started_here search
-  wait_for search 120 search_answers
+  wait_for search 120 running_and "$RUN_DIR/search.pid" \
+    curl -fsS 'http://127.0.0.1:9200/_cluster/health?wait_for_status=yellow&timeout=1s'
   log "search: up on 127.0.0.1:9200 (OpenSearch $OPENSEARCH_VERSION)"
 }
 
-search_answers() {
-  kill -0 "$(cat "$RUN_DIR/search.pid")" 2>/dev/null || return 2
-  curl -fsS 'http://127.0.0.1:9200/_cluster/health?wait_for_status=yellow&timeout=1s'
-}
 
 down_search() { kill_pidfile "$RUN_DIR/search.pid"; }
 

@@ -91,6 +91,14 @@ impl KafkaSettings {
     /// The idempotent producer. `delivery_timeout` bounds how long one send may take,
     /// retries included, before it is reported failed.
     pub fn producer(&self, delivery_timeout: Duration) -> anyhow::Result<FutureProducer> {
+        self.producer_config(delivery_timeout)
+            .create()
+            .context("cannot create Kafka producer")
+    }
+
+    /// The idempotent producer's settings, for a caller that adds its own (e.g. a
+    /// `transactional.id`).
+    pub fn producer_config(&self, delivery_timeout: Duration) -> ClientConfig {
         let mut config = self.base();
         config
             .set("enable.idempotence", "true")
@@ -103,8 +111,6 @@ impl KafkaSettings {
                 delivery_timeout.as_millis().to_string(),
             );
         self.with_extra(config)
-            .create()
-            .context("cannot create Kafka producer")
     }
 
     /// A consumer in `group`: reads from the earliest offset when the group has none,

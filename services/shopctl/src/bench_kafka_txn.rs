@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use hdrhistogram::Histogram;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     producer::{FutureProducer, FutureRecord, Producer},
 };
@@ -74,12 +74,8 @@ async fn pipe(
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
     let group = format!("bench-txn-{}", uuid::Uuid::now_v7().simple());
     let consumer = consumer(kafka, &group, input, transactional)?;
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2");
+    // The platform's idempotent producer, plus a transactional id in that mode.
+    let mut config = kafka.producer_config(TIMEOUT);
     if transactional {
         config.set("transactional.id", &group);
     }

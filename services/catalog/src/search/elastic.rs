@@ -26,10 +26,14 @@ pub struct Elastic {
     index: String,
 }
 
+fn client(url: &str) -> anyhow::Result<OpenSearch> {
+    Ok(OpenSearch::new(Transport::single_node(url)?))
+}
+
 impl Elastic {
     /// Connects and creates the index with its mapping if it does not exist.
     pub async fn connect(url: &str, index: &str) -> anyhow::Result<Self> {
-        let client = OpenSearch::new(Transport::single_node(url)?);
+        let client = client(url)?;
         let exists = client
             .indices()
             .exists(IndicesExistsParts::Index(&[index]))
@@ -73,10 +77,9 @@ impl Elastic {
     }
 }
 
-/// Deletes `index` if it exists (test indices, `shopctl` resets).
+/// Deletes `index` if it exists (the tests' per-test indices).
 pub async fn delete_index(url: &str, index: &str) -> anyhow::Result<()> {
-    let client = OpenSearch::new(Transport::single_node(url)?);
-    let r = client
+    let r = client(url)?
         .indices()
         .delete(IndicesDeleteParts::Index(&[index]))
         .send()

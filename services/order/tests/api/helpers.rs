@@ -11,8 +11,8 @@ use shop_proto::{
         GetStockRequest, RestockRequest, inventory_service_client::InventoryServiceClient,
     },
     order::{
-        GetOrderRequest, Order, OrderStatus, PlaceOrderRequest, PlaceOrderResponse,
-        order_service_client::OrderServiceClient,
+        GetOrderRequest, GetSagaRequest, Order, OrderStatus, PlaceOrderRequest, PlaceOrderResponse,
+        Saga, order_service_client::OrderServiceClient,
     },
     payment::{
         GetAccountRequest, OpenAccountRequest, payment_service_client::PaymentServiceClient,
@@ -194,7 +194,38 @@ pub fn request(
     }
 }
 
+/// Whether saga step `name` (a step or a compensation) is done.
+pub fn step_done(s: &Saga, name: &str) -> bool {
+    s.steps
+        .iter()
+        .any(|st| st.name == name && st.status == "done")
+}
+
 impl Platform {
+    /// Polls saga `id` until `until` holds (60 s at most), and returns it.
+    pub async fn saga_when(&self, id: &str, what: &str, until: impl Fn(&Saga) -> bool) -> Saga {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self
+                .order
+                .clone()
+                .get_saga(GetSagaRequest {
+                    saga_id: id.to_owned(),
+                })
+                .await
+                .expect("saga")
+                .into_inner();
+            if until(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saga never got there ({what}): {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts the shipping service (for tests that began without it).
     pub async fn start_shipping(&mut self) {
         let stop = CancellationToken::new();

@@ -229,27 +229,13 @@ async fn a_participant_that_never_answers_times_out_retries_and_compensates() {
         .order
         .expect("order")
         .order_id;
-    let mut client = p.order.clone();
     // Two tries, then the steps done are undone (refund, release) while the silent participant's
     // compensation waits for it: the saga is not terminal until everything is settled.
-    let saga = loop {
-        let s = client
-            .get_saga(GetSagaRequest {
-                saga_id: id.clone(),
-            })
-            .await
-            .expect("saga")
-            .into_inner();
-        let undone = |name: &str| {
-            s.steps
-                .iter()
-                .any(|st| st.name == name && st.status == "done")
-        };
-        if undone("refund_payment") && undone("release_stock") {
-            break s;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let saga = p
+        .saga_when(&id, "refunded and released", |s| {
+            step_done(s, "refund_payment") && step_done(s, "release_stock")
+        })
+        .await;
     assert_eq!(saga.state(), SagaState::Compensating);
     assert_eq!(saga.last_error, "create_shipment timed out after 2 tries");
     let ship = saga
@@ -412,21 +398,11 @@ async fn a_saga_that_cannot_advance_does_not_hold_back_the_timeout_sweep() {
             .order_id;
         ids.push(id);
     }
-    let client = p.order.clone();
-    let saga = |id: String| {
-        let mut client = client.clone();
-        async move {
-            client
-                .get_saga(GetSagaRequest { saga_id: id })
-                .await
-                .expect("saga")
-                .into_inner()
-        }
-    };
     for id in &ids {
-        while saga(id.clone()).await.state() != SagaState::PaymentCharged {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        p.saga_when(id, "waiting for shipping", |s| {
+            s.state() == SagaState::PaymentCharged
+        })
+        .await;
     }
     // The first saga's stream gains an event this build cannot decode (written by a newer one,
     // say), and its deadline becomes the oldest: every sweep meets it first.
@@ -446,23 +422,10 @@ async fn a_saga_that_cannot_advance_does_not_hold_back_the_timeout_sweep() {
         .expect("oldest deadline");
 
     // The other one still times out, exhausts its tries and undoes its steps.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let s = saga(ids[1].clone()).await;
-        let undone = |name: &str| {
-            s.steps
-                .iter()
-                .any(|st| st.name == name && st.status == "done")
-        };
-        if undone("refund_payment") && undone("release_stock") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the sweep never reached the second saga: {s:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    p.saga_when(&ids[1], "the sweep reached the second saga", |s| {
+        step_done(s, "refund_payment") && step_done(s, "release_stock")
+    })
+    .await;
     // The broken one is left for an operator: its error recorded, its deadline pushed back.
     let (last_error, later): (Option<String>, bool) =
         sqlx::query_as("SELECT last_error, deadline > now() FROM saga WHERE saga_id = $1")
