@@ -6,13 +6,15 @@ SERVICES := infra/local/services.sh
 
 .PHONY: run down test test-crash lint fmt bench bench-saga smoke stack stack-down build build-tests build-release ci
 
-## run: install what is missing, start the stores and every service, run the demo workload.
+## run: install what is missing, start the stores and every service, run the demo workload,
+## then check every invariant across the services' own stores (`shopctl check`).
 ## The stores come up while the workspace compiles (-j2: most of bringing them up is downloads
 ## and JVM start-ups; each target's output is printed when it is done).
 run:
 	$(MAKE) --no-print-directory -j2 --output-sync=target stack build
 	$(SERVICES) up
 	./target/debug/shopctl demo
+	./target/debug/shopctl check
 
 ## down: stop the services and the stores this project started
 down:

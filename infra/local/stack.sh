@@ -461,6 +461,17 @@ cmd_reset() {
   log "reset: ${components[*]}"
 }
 
+# Restarts PostgreSQL with a fast shutdown (every connection dropped), as the fault matrix's
+# "PostgreSQL restarted mid-burst" does. Only a server this stack started.
+cmd_restart() {
+  [ "${1:-}" = postgres ] || die "usage: $0 restart postgres"
+  grep -qx postgres "$RUN_DIR/started" 2>/dev/null || die "postgres was not started by this stack"
+  pg_home
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -l "$PG_HOME/postgres.log" -m fast -w -t 60 restart >/dev/null \
+    || { tail -n 30 "$PG_HOME/postgres.log" >&2; die "postgres did not restart"; }
+  log "postgres: restarted (fast shutdown)"
+}
+
 cmd_status() {
   for spec in postgres:5432 redis:6379 kafka:9092 clickhouse:8123 mongo:27017 search:9200; do
     local name=${spec%%:*} port=${spec##*:} owner="external"
@@ -474,7 +485,8 @@ case "${1:-up}" in
   up) shift || true; cmd_up "$@" ;;
   down) cmd_down ;;
   reset) shift; cmd_reset "$@" ;;
+  restart) shift; cmd_restart "$@" ;;
   status) cmd_status ;;
   install) cmd_install ;;
-  *) die "usage: $0 up [component...] | down | status | install | reset [component...]" ;;
+  *) die "usage: $0 up [component...] | down | status | install | reset [component...] | restart postgres" ;;
 esac

@@ -54,6 +54,14 @@ pub struct ServerSettings {
     pub metrics_port: u16,
     /// Longest time in-flight work gets to finish after a shutdown signal.
     pub shutdown_grace_ms: u64,
+    /// After a shutdown signal, how long the gRPC port stays open (health NOT_SERVING, calls
+    /// still answered) before it closes, for balancers that only learn from health checks.
+    /// 0 on Kubernetes, where the pod's preStop sleep does this.
+    pub shutdown_delay_ms: u64,
+    /// How often the readiness probes run (`shop_core::readiness`).
+    pub readiness_interval_ms: u64,
+    /// How long one readiness probe may take before its dependency counts as down.
+    pub readiness_timeout_ms: u64,
 }
 
 impl ServerSettings {
@@ -74,6 +82,9 @@ impl Default for ServerSettings {
             grpc_port: 0,
             metrics_port: 0,
             shutdown_grace_ms: 10_000,
+            shutdown_delay_ms: 0,
+            readiness_interval_ms: 1_000,
+            readiness_timeout_ms: 1_000,
         }
     }
 }

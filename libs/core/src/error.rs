@@ -47,6 +47,15 @@ impl ServiceError {
     }
 }
 
+impl From<shop_fields::Invalid> for ServiceError {
+    fn from(e: shop_fields::Invalid) -> Self {
+        Self::InvalidArgument {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
 impl From<sqlx::Error> for ServiceError {
     fn from(e: sqlx::Error) -> Self {
         match e {

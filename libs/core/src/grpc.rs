@@ -1,6 +1,6 @@
 //! The gRPC server frame shared by every service: standard health (`grpc.health.v1`),
 //! reflection (so `grpcurl` and k6 work without .proto files), and a graceful stop.
-//! Also the small helpers the adapters use to turn protobuf fields into domain values.
+//! Field validation is not here: it is [`crate::fields`], one layer for every edge.
 
 use std::net::SocketAddr;
 
@@ -11,10 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-use crate::error::ServiceError;
-
 /// Routes every service starts from: health and reflection. Add the service's own with
-/// `routes.add_service(...)`, then mark it serving on the reporter.
+/// `routes.add_service(...)`; the reporter goes to a [`crate::readiness::Readiness`], which
+/// sets the health statuses from then on.
 pub fn base_routes() -> anyhow::Result<(Routes, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -59,21 +58,6 @@ pub async fn serve(
         .context("gRPC server failed")
 }
 
-/// A required string field: present and not blank.
-pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, ServiceError> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(ServiceError::invalid(field, "is required"));
-    }
-    Ok(trimmed)
-}
-
-/// A required UUID field.
-pub fn uuid_field(field: &str, value: &str) -> Result<uuid::Uuid, ServiceError> {
-    uuid::Uuid::parse_str(required(field, value)?)
-        .map_err(|_| ServiceError::invalid(field, "must be a UUID"))
-}
-
 /// Page size with a default and a hard cap: no unbounded reads.
 pub fn page_size(requested: u32, default: u32, max: u32) -> u32 {
     match requested {
@@ -85,12 +69,6 @@ pub fn page_size(requested: u32, default: u32, max: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blank_required_field_is_invalid_argument_naming_it() {
-        let err = required("customer_id", "  ").unwrap_err();
-        assert_eq!(err.to_string(), "invalid customer_id: is required");
-    }
 
     #[test]
     fn page_size_is_capped() {

@@ -78,7 +78,7 @@ pub fn decode_payload<M: Message + Default>(
 }
 
 /// FNV-1a, 64 bit: a stable hash of the partition key, the same in every process and version.
-pub(crate) fn bucket_of(key: &str, buckets: u64) -> i16 {
+pub fn bucket_of(key: &str, buckets: u64) -> i16 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.as_bytes() {
         hash ^= u64::from(*byte);

@@ -127,6 +127,9 @@ pub struct InboxConfig {
     /// Inbox rows older than this are deleted. Must exceed the longest redelivery horizon
     /// (consumer-group offset retention), or a very late duplicate would be applied again.
     pub retention: Duration,
+    /// Fault injection for the fault matrix: a pause before each batch is applied, making this
+    /// consumer a slow participant. Zero unless `SHOP_FAULT_HANDLER_DELAY_MS` is set.
+    pub handler_delay: Duration,
 }
 
 impl InboxConfig {
@@ -139,6 +142,10 @@ impl InboxConfig {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             retention: Duration::from_secs(7 * 24 * 3600),
+            handler_delay: std::env::var("SHOP_FAULT_HANDLER_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map_or(Duration::ZERO, Duration::from_millis),
         }
     }
 }
@@ -389,6 +396,9 @@ impl<H: Handler> Inbox<H> {
         msgs: &[BorrowedMessage<'_>],
     ) -> anyhow::Result<(Vec<Outcome>, bool)> {
         let mut end = msgs.len();
+        if !self.config.handler_delay.is_zero() {
+            tokio::time::sleep(self.config.handler_delay).await;
+        }
         loop {
             let mut tx = self.pool.begin().await.context("begin inbox transaction")?;
             let mut outcomes = Vec::with_capacity(end);

@@ -8,9 +8,10 @@
 //! - Topics are created explicitly at start-up with this service's partition count (the native
 //!   broker has `auto.create.topics.enable=false`, as production clusters often do).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -171,6 +172,35 @@ impl KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// A readiness probe of the broker (`shop_core::readiness`): a metadata request for `topic`
+    /// (one the service uses: a cheap request, unlike the whole cluster's metadata), answered
+    /// within `timeout`. One client, made here, serves every round.
+    pub fn probe(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<impl Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync + 'static>
+    {
+        let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+            self.with_extra(self.base())
+                .create()
+                .context("cannot create Kafka admin client")?,
+        );
+        let topic = topic.to_owned();
+        Ok(move || -> BoxFuture<'static, anyhow::Result<()>> {
+            let (admin, topic) = (admin.clone(), topic.clone());
+            Box::pin(async move {
+                // librdkafka's call blocks; it gives up after `timeout` by itself.
+                tokio::task::spawn_blocking(move || {
+                    admin.inner().fetch_metadata(Some(&topic), timeout)
+                })
+                .await?
+                .context("no metadata from the broker")?;
+                Ok(())
+            })
+        })
+    }
+
     /// Deletes `topics` (demo, test and benchmark scratch topics: scratch runs clean up after
     /// themselves, so a long-lived broker does not accumulate thousands of partitions).
     pub async fn delete_topics(&self, topics: &[&str]) -> anyhow::Result<()> {

@@ -16,7 +16,11 @@
 //! 3. hand them all to the idempotent producer (keyed by aggregate id), then wait for the acks;
 //! 4. per bucket, mark published the rows up to the first failure; a failed row records its
 //!    error and stops its bucket for this round, so nothing after it is marked ahead of it;
-//! 5. commit. A crash before this commit leaves every row pending: they are published again
+//! 5. a row the broker refuses for good ([`permanent`]: too large, unknown topic, not
+//!    authorised) is **parked** after `park_after` attempts: set aside with its error, so the
+//!    rest of its bucket moves on. Later rows of the same key wait behind it (their order is
+//!    kept); `shopctl outbox list` shows them and `shopctl outbox redrive` puts them back;
+//! 6. commit. A crash before this commit leaves every row pending: they are published again
 //!    (duplicates, absorbed by the consumers' inbox), never lost.
 //!
 //! [`Relay::run`] loops: straight on while rounds come back full, otherwise it sleeps until a
@@ -131,6 +135,8 @@ pub struct RelayConfig {
     pub cleanup_interval: Duration,
     /// How often backlog gauges are refreshed.
     pub metrics_interval: Duration,
+    /// Attempts after which a row failing with a [`permanent`] error is parked.
+    pub park_after: i32,
 }
 
 impl Default for RelayConfig {
@@ -144,6 +150,7 @@ impl Default for RelayConfig {
             retention: Duration::from_secs(3600),
             cleanup_interval: Duration::from_secs(60),
             metrics_interval: Duration::from_secs(5),
+            park_after: 5,
         }
     }
 }
@@ -155,6 +162,9 @@ pub enum Fault {
     None,
     /// Publish and receive the acks, then lose the transaction as a `kill -9` would.
     CrashAfterPublish,
+    /// Publish and receive the acks, then end the process before marking (the fault matrix
+    /// sets it with `SHOP_FAULT_RELAY_EXIT_AFTER_PUBLISH=1` and restarts the service).
+    ExitAfterPublish,
 }
 
 /// Counters of one relay, for tests and the demo (Prometheus gets the same figures).
@@ -184,6 +194,8 @@ pub struct RoundOutcome {
     pub claimed: usize,
     pub published: usize,
     pub failed: usize,
+    /// Rows set aside this round (see [`permanent`]).
+    pub parked: usize,
 }
 
 struct Row {
@@ -205,7 +217,11 @@ impl Relay {
             producer: Arc::new(Mutex::new(producer)),
             config,
             stats: Arc::default(),
-            fault: Fault::None,
+            fault: if std::env::var_os("SHOP_FAULT_RELAY_EXIT_AFTER_PUBLISH").is_some() {
+                Fault::ExitAfterPublish
+            } else {
+                Fault::None
+            },
         })
     }
 
@@ -314,9 +330,9 @@ impl Relay {
         let buckets: Vec<i16> = sqlx::query_scalar(
             "SELECT c.bucket FROM (
                  SELECT b.bucket,
-                        (SELECT min(o.id) FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL) AS oldest
+                        (SELECT min(o.id) FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL AND o.parked_at IS NULL) AS oldest
                  FROM outbox_bucket b
-                 WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL)
+                 WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.bucket = b.bucket AND o.published_at IS NULL AND o.parked_at IS NULL)
                  ORDER BY oldest OFFSET 0
              ) c
              WHERE pg_try_advisory_xact_lock(hashtext('shop.outbox_bucket'), c.bucket)
@@ -329,38 +345,42 @@ impl Relay {
         if buckets.is_empty() {
             return Ok(RoundOutcome::default());
         }
-        let rows: Vec<Row> =
-            sqlx::query_as::<_, (i64, i16, uuid::Uuid, String, String, String, Vec<u8>)>(
-                "SELECT id, bucket, event_id, topic, partition_key, event_type, payload FROM outbox
-             WHERE bucket = ANY($1) AND published_at IS NULL
+        let rows: Vec<Row> = sqlx::query_as::<
+            _,
+            (i64, i16, uuid::Uuid, String, String, String, Vec<u8>),
+        >(
+            "SELECT id, bucket, event_id, topic, partition_key, event_type, payload FROM outbox o
+             WHERE bucket = ANY($1) AND published_at IS NULL AND parked_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.parked_at IS NOT NULL
+                               AND p.partition_key = o.partition_key AND p.id < o.id)
              ORDER BY id
              LIMIT $2",
-            )
-            .bind(&buckets)
-            .bind(self.config.batch_size)
-            .fetch_all(&mut *tx)
-            .await
-            .context("read outbox rows")?
-            .into_iter()
-            .map(
-                |(id, bucket, event_id, topic, partition_key, event_type, payload)| Row {
-                    id,
-                    bucket,
-                    event_id,
-                    topic,
-                    partition_key,
-                    event_type,
-                    payload,
-                },
-            )
-            .collect();
+        )
+        .bind(&buckets)
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *tx)
+        .await
+        .context("read outbox rows")?
+        .into_iter()
+        .map(
+            |(id, bucket, event_id, topic, partition_key, event_type, payload)| Row {
+                id,
+                bucket,
+                event_id,
+                topic,
+                partition_key,
+                event_type,
+                payload,
+            },
+        )
+        .collect();
 
         let results = self.publish(&rows).await;
 
         // Mark, per bucket, the prefix before the first failure.
         let mut stopped: HashSet<i16> = HashSet::new();
         let mut published_ids = Vec::with_capacity(rows.len());
-        let mut failures: Vec<(i64, String)> = Vec::new();
+        let mut failures: Vec<(i64, String, bool)> = Vec::new();
         for (row, result) in rows.iter().zip(results) {
             if stopped.contains(&row.bucket) {
                 continue;
@@ -369,9 +389,16 @@ impl Relay {
                 Ok(()) => published_ids.push(row.id),
                 Err(e) => {
                     stopped.insert(row.bucket);
-                    failures.push((row.id, e.to_string()));
+                    failures.push((row.id, e.to_string(), permanent(&e)));
                 }
             }
+        }
+        if self.fault == Fault::ExitAfterPublish && !published_ids.is_empty() {
+            tracing::error!(
+                acked = published_ids.len(),
+                "fault injection: exiting between publish and mark"
+            );
+            std::process::exit(137);
         }
         if self.fault == Fault::CrashAfterPublish {
             // Dropping the transaction rolls it back, exactly as a dead process's connection would.
@@ -388,13 +415,24 @@ impl Relay {
         .execute(&mut *tx)
         .await
         .context("mark outbox rows published")?;
-        for (id, error) in &failures {
-            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
-                .bind(id)
-                .bind(error)
-                .execute(&mut *tx)
-                .await
-                .context("record outbox failure")?;
+        let mut parked = 0;
+        for (id, error, permanent) in &failures {
+            let parks: bool = sqlx::query_scalar(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                        parked_at = CASE WHEN $3 AND attempts + 1 >= $4 THEN now() END
+                 WHERE id = $1 RETURNING parked_at IS NOT NULL",
+            )
+            .bind(id)
+            .bind(error)
+            .bind(permanent)
+            .bind(self.config.park_after)
+            .fetch_one(&mut *tx)
+            .await
+            .context("record outbox failure")?;
+            if parks {
+                parked += 1;
+                tracing::error!(id, error = %error, "outbox row parked: the broker refuses it for good; `shopctl outbox list` shows it, `shopctl outbox redrive` retries it");
+            }
         }
         tx.commit().await.context("commit relay round")?;
 
@@ -402,6 +440,7 @@ impl Relay {
             claimed: rows.len(),
             published: published_ids.len(),
             failed: failures.len(),
+            parked,
         };
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -412,8 +451,9 @@ impl Relay {
             .fetch_add(outcome.failed as u64, Ordering::Relaxed);
         metrics::counter!("outbox_published_total").increment(outcome.published as u64);
         metrics::counter!("outbox_publish_failures_total").increment(outcome.failed as u64);
+        metrics::counter!("outbox_parked_total").increment(outcome.parked as u64);
         metrics::histogram!("outbox_round_seconds").record(started.elapsed().as_secs_f64());
-        if let Some((id, error)) = failures.first() {
+        if let Some((id, error, _)) = failures.first() {
             tracing::warn!(failed = failures.len(), first_id = id, error = %error, "outbox publish failed, will retry");
             self.renew_producer_if_fatal()?;
         }
@@ -425,7 +465,15 @@ impl Relay {
     async fn publish(&self, rows: &[Row]) -> Vec<Result<(), KafkaError>> {
         let producer = self.producer();
         let mut pending = Vec::with_capacity(rows.len());
+        // A row refused before it was queued (too large for the producer, unknown topic)
+        // stops its bucket: nothing after it is queued this round, so no later row of its key
+        // reaches the broker ahead of it. (Those rows would not be marked anyway.)
+        let mut refused: HashSet<i16> = HashSet::new();
         for row in rows {
+            if refused.contains(&row.bucket) {
+                pending.push(Err(KafkaError::Canceled));
+                continue;
+            }
             let event_id = row.event_id.to_string();
             let headers = OwnedHeaders::new()
                 .insert(Header {
@@ -452,6 +500,9 @@ impl Relay {
                     Err((e, _)) => break Err(e),
                 }
             };
+            if delivery.is_err() {
+                refused.insert(row.bucket);
+            }
             pending.push(delivery);
         }
         let mut results = Vec::with_capacity(pending.len());
@@ -491,6 +542,7 @@ impl Relay {
                         Ok(b) => {
                             metrics::gauge!("outbox_backlog").set(b.pending as f64);
                             metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(b.oldest_age_seconds);
+                            metrics::gauge!("outbox_parked").set(b.parked as f64);
                         }
                         Err(e) => tracing::warn!(error = ?e, "outbox backlog query failed"),
                     }
@@ -500,16 +552,39 @@ impl Relay {
     }
 }
 
-/// Pending rows and the age of the oldest.
+/// Whether the broker will refuse this publish however often it is retried: the record is
+/// too large or malformed, the topic does not exist or is invalid, or the producer is not
+/// authorised. Everything else (broker down, timeouts, leader changes) is worth retrying.
+pub fn permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::UnknownTopic
+                | C::UnknownTopicOrPartition
+                | C::InvalidTopic
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+        )
+    )
+}
+
+/// Unpublished rows (parked ones included), the age of the oldest, and how many are parked.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backlog {
     pub pending: i64,
     pub oldest_age_seconds: f64,
+    pub parked: i64,
 }
 
 pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
-    let (pending, age): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
+    let (pending, age, parked): (i64, Option<f64>, i64) = sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8,
+                count(*) FILTER (WHERE parked_at IS NOT NULL)
          FROM outbox WHERE published_at IS NULL",
     )
     .fetch_one(pool)
@@ -517,7 +592,51 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
     Ok(Backlog {
         pending,
         oldest_age_seconds: age.unwrap_or(0.0),
+        parked,
     })
+}
+
+/// A parked row, and how many rows of its key wait behind it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct Parked {
+    pub id: i64,
+    pub topic: String,
+    pub partition_key: String,
+    pub event_type: String,
+    pub bytes: i32,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+    pub waiting_behind: i64,
+}
+
+/// The parked rows, oldest first (at most `limit`).
+pub async fn parked(pool: &PgPool, limit: i64) -> Result<Vec<Parked>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.id, p.topic, p.partition_key, p.event_type, length(p.payload) AS bytes,
+                p.attempts, p.last_error, p.parked_at,
+                (SELECT count(*) FROM outbox w WHERE w.partition_key = p.partition_key
+                   AND w.id > p.id AND w.published_at IS NULL AND w.parked_at IS NULL)
+                   AS waiting_behind
+         FROM outbox p WHERE p.parked_at IS NOT NULL AND p.published_at IS NULL
+         ORDER BY p.id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts parked rows back in line (one by id, or all): the relay tries them again from zero
+/// attempts, and the rows of their keys that waited follow in order. Returns how many.
+pub async fn redrive(pool: &PgPool, id: Option<i64>) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE outbox SET parked_at = NULL, attempts = 0
+         WHERE parked_at IS NOT NULL AND published_at IS NULL AND ($1::bigint IS NULL OR id = $1)",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Deletes rows published more than `retention` ago, 10 000 per statement so no statement

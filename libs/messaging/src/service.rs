@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use shop_core::{
     app::Application,
     config::{DatabaseSettings, ServerSettings, TelemetrySettings},
+    readiness::Readiness,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic_health::server::HealthReporter;
 
 use crate::{
     kafka::KafkaSettings,
@@ -79,7 +79,9 @@ impl PgServiceSettings {
 
 /// Builds a PostgreSQL service's frame: its database (outbox/inbox migrations, then the service's
 /// own `migrator`), the gRPC server with health, reflection and the routes `add_routes` adds,
-/// `/metrics`, and the outbox relay. Consumers are added with [`Application::spawn`].
+/// `/metrics`, and the outbox relay. Readiness probes the database; `add_routes` lists the
+/// services it adds and the other dependencies (the broker) on the [`Readiness`] it gets.
+/// Consumers are added with [`Application::spawn`].
 pub async fn build<F>(
     name: &'static str,
     settings: &PgServiceSettings,
@@ -88,7 +90,7 @@ pub async fn build<F>(
     add_routes: F,
 ) -> anyhow::Result<(Application, PgPool)>
 where
-    F: AsyncFnOnce(Routes, &HealthReporter, &PgPool) -> anyhow::Result<Routes>,
+    F: AsyncFnOnce(Routes, &mut Readiness, &PgPool) -> anyhow::Result<Routes>,
 {
     let pool = open_database(settings).await?;
     if let Some(mut migrator) = migrator {
@@ -97,8 +99,11 @@ where
         migrator.run(&pool).await.context("service migrations")?;
     }
     let (routes, health) = shop_core::grpc::base_routes()?;
-    let routes = add_routes(routes, &health, &pool).await?;
-    let mut app = Application::bind(name, &settings.server, routes, shutdown.clone()).await?;
+    let mut readiness = Readiness::new(health, &settings.server);
+    readiness.postgres(&pool);
+    let routes = add_routes(routes, &mut readiness, &pool).await?;
+    let mut app =
+        Application::bind(name, &settings.server, routes, readiness, shutdown.clone()).await?;
     spawn_relay(&mut app, &pool, settings, shutdown)?;
     Ok((app, pool))
 }

@@ -2,7 +2,7 @@
 
 use clickhouse::Row;
 use serde::Deserialize;
-use shop_core::{ServiceError, grpc::required};
+use shop_core::{ServiceError, fields};
 use shop_proto::analytics::{
     FunnelRequest, FunnelResponse, Granularity, ProductSales, RevenueBucket, RevenueRequest,
     RevenueResponse, SagaDurationsRequest, SagaDurationsResponse, SagaOutcomesRequest,
@@ -49,7 +49,8 @@ impl AnalyticsService for Analytics {
         request: Request<RevenueRequest>,
     ) -> Result<Response<RevenueResponse>, Status> {
         let r = request.into_inner();
-        let tenant = required("tenant_id", &r.tenant_id)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let tenant = tenant.as_str();
         let (from, to) = range(r.range.as_ref())?;
         let bucket = match r.granularity() {
             Granularity::Hour => "toStartOfHour",
@@ -101,7 +102,8 @@ impl AnalyticsService for Analytics {
         request: Request<TopProductsRequest>,
     ) -> Result<Response<TopProductsResponse>, Status> {
         let r = request.into_inner();
-        let tenant = required("tenant_id", &r.tenant_id)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let tenant = tenant.as_str();
         let (from, to) = range(r.range.as_ref())?;
         let limit = shop_core::grpc::page_size(r.limit, 10, 1000);
         #[derive(Row, Deserialize)]
@@ -147,7 +149,8 @@ impl AnalyticsService for Analytics {
         request: Request<SagaOutcomesRequest>,
     ) -> Result<Response<SagaOutcomesResponse>, Status> {
         let r = request.into_inner();
-        let tenant = required("tenant_id", &r.tenant_id)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let tenant = tenant.as_str();
         let (from, to) = range(r.range.as_ref())?;
         #[derive(Row, Deserialize)]
         struct O {
@@ -187,7 +190,8 @@ impl AnalyticsService for Analytics {
         request: Request<FunnelRequest>,
     ) -> Result<Response<FunnelResponse>, Status> {
         let r = request.into_inner();
-        let tenant = required("tenant_id", &r.tenant_id)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let tenant = tenant.as_str();
         let (from, to) = range(r.range.as_ref())?;
         #[derive(Row, Deserialize)]
         struct F {
@@ -227,7 +231,8 @@ impl AnalyticsService for Analytics {
         request: Request<SagaDurationsRequest>,
     ) -> Result<Response<SagaDurationsResponse>, Status> {
         let r = request.into_inner();
-        let tenant = required("tenant_id", &r.tenant_id)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let tenant = tenant.as_str();
         let (from, to) = range(r.range.as_ref())?;
         #[derive(Row, Deserialize)]
         struct D {

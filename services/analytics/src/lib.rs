@@ -8,6 +8,7 @@
 //! - [`ingest`]: the Kafka consumer: batches by size and time, offsets stored only after the
 //!   insert succeeded.
 //! - [`grpc`]: revenue by hour/day, top products, saga outcomes, funnel, saga duration p50/p99.
+//! - [`build`]: the service, assembled; ready (gRPC health) while ClickHouse and Kafka answer.
 
 pub mod grpc;
 pub mod ingest;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use shop_core::{
     app::Application,
     config::{ServerSettings, TelemetrySettings},
+    readiness::Readiness,
 };
 use shop_messaging::{kafka::KafkaSettings, topics};
 use shop_proto::analytics::analytics_service_server::AnalyticsServiceServer;
@@ -80,14 +82,30 @@ pub async fn build(
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     settings.kafka.ensure_topics(&names).await?;
     let (routes, health) = shop_core::grpc::base_routes()?;
-    health
-        .set_serving::<AnalyticsServiceServer<grpc::Analytics>>()
-        .await;
     let routes = routes.add_service(AnalyticsServiceServer::new(grpc::Analytics::new(
         store.clone(),
     )));
-    let mut app =
-        Application::bind("analytics", &settings.server, routes, shutdown.clone()).await?;
+    let mut readiness = Readiness::new(health, &settings.server);
+    let clickhouse = store.client.clone();
+    let broker = settings.kafka.probe(&topics[0], readiness.timeout())?;
+    readiness
+        .serves::<AnalyticsServiceServer<grpc::Analytics>>()
+        .probe("kafka", broker)
+        .probe("clickhouse", move || {
+            let clickhouse = clickhouse.clone();
+            async move {
+                clickhouse.query("SELECT 1").execute().await?;
+                Ok(())
+            }
+        });
+    let mut app = Application::bind(
+        "analytics",
+        &settings.server,
+        routes,
+        readiness,
+        shutdown.clone(),
+    )
+    .await?;
     let group = format!("{}analytics", settings.kafka.topic_prefix);
     let ingest = ingest::Ingest::new(
         &settings.kafka,

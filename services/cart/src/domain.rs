@@ -19,7 +19,9 @@ pub struct Line {
     pub n: u64,
 }
 
-/// The checkout this cart went through (the order placed for `v`).
+/// The checkout this cart is in (the order placed for `v`): the cart is frozen until the order
+/// ends. `order` is empty while the order is being placed (the scripts in [`crate::store`] also
+/// keep the attempts in flight and when the freeze began, which only they read).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkout {
     pub v: u64,
@@ -104,28 +106,16 @@ impl Default for Limits {
 }
 
 /// A session id: 1 to 128 characters of `[A-Za-z0-9_-]` (it becomes part of a Redis key).
+/// A session id: the caller's key for the cart ([`shop_core::fields::key`], 1 to 128 bytes).
 pub fn session_id(raw: &str) -> Result<&str, ServiceError> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 128
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(raw)
-    } else {
-        Err(ServiceError::invalid(
-            "session_id",
-            "must be 1 to 128 characters of letters, digits, '-' or '_'",
-        ))
-    }
+    shop_core::fields::key("session_id", raw, shop_core::fields::MAX_ID)?;
+    Ok(raw)
 }
 
+/// A SKU, by the rule every service shares.
 pub fn sku(raw: &str) -> Result<&str, ServiceError> {
-    let s = raw.trim();
-    if s.is_empty() || s.len() > 64 {
-        return Err(ServiceError::invalid("sku", "must be 1 to 64 characters"));
-    }
-    Ok(s)
+    shop_core::fields::Sku::parse("sku", raw)?;
+    Ok(raw.trim())
 }
 
 pub fn quantity(q: u32, limits: &Limits) -> Result<u32, ServiceError> {

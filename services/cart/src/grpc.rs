@@ -48,6 +48,21 @@ fn upstream(what: &str, s: Status) -> ServiceError {
     }
 }
 
+/// Whether the order service may have placed the order although the call failed (then the
+/// cart stays frozen: a retry gets the order back, or the checkout lease runs out).
+fn in_doubt(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 #[tonic::async_trait]
 impl CartService for Carts {
     async fn add_item(
@@ -124,7 +139,7 @@ impl CartService for Carts {
     ) -> Result<Response<CheckoutResponse>, Status> {
         let r = request.into_inner();
         let session = domain::session_id(&r.session_id)?.to_owned();
-        let cart = self.store.get(&session).await?;
+        let cart = self.store.begin_checkout(&session).await?;
         if cart.lines.is_empty() {
             return Err(ServiceError::FailedPrecondition("the cart is empty".into()).into());
         }
@@ -141,10 +156,24 @@ impl CartService for Carts {
                 shipping_address: r.shipping_address,
                 payment_account_id: r.payment_account_id,
             })
-            .await
-            .map_err(|s| match s.code() {
+            .await;
+        if let Err(s) = &placed
+            && !in_doubt(s.code())
+        {
+            self.store.checkout_failed(&session, cart.v).await;
+        }
+        let placed = placed
+            .map_err(|s| match (s.code(), &cart.checkout) {
                 // The order service names the field, and it has the same name here.
-                Code::InvalidArgument => s,
+                (Code::InvalidArgument, _) => s,
+                // This version's key has an order, placed for another request.
+                (Code::FailedPrecondition, Some(c)) if !c.order.is_empty() => {
+                    ServiceError::FailedPrecondition(format!(
+                        "cart {session} is checked out; order {} is in progress",
+                        c.order
+                    ))
+                    .into()
+                }
                 _ => upstream("order", s).into(),
             })?
             .into_inner();

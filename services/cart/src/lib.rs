@@ -8,7 +8,9 @@
 //! - [`grpc`]: add / set quantity / remove / get, and `Checkout` through the order service.
 //! - [`relay`]: the Redis-stream outbox to Kafka (`cart.checked_out`).
 //! - [`build`]: the service, assembled; it also consumes the order events: a completed order
-//!   clears its cart, a cancelled one leaves the cart open for another checkout.
+//!   clears its cart, a cancelled one leaves the cart open for another checkout. Ready (gRPC
+//!   health) while Redis and Kafka answer (not the catalog and order services it calls: their
+//!   outage is theirs, and would otherwise take every cart pod out too).
 
 pub mod domain;
 pub mod grpc;
@@ -18,7 +20,10 @@ pub mod store;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shop_core::config::{RedisSettings, ServerSettings, TelemetrySettings};
+use shop_core::{
+    config::{RedisSettings, ServerSettings, TelemetrySettings},
+    readiness::Readiness,
+};
 use shop_messaging::{
     inbox::HandlerError,
     kafka::KafkaSettings,
@@ -81,11 +86,30 @@ pub async fn build(
         events_topic,
     };
     let (routes, health) = shop_core::grpc::base_routes()?;
-    health.set_serving::<CartServiceServer<grpc::Carts>>().await;
     let routes = routes.add_service(CartServiceServer::new(carts));
-    let mut app =
-        shop_core::app::Application::bind("cart", &settings.server, routes, shutdown.clone())
-            .await?;
+    let mut readiness = Readiness::new(health, &settings.server);
+    let (ping, broker) = (
+        redis.clone(),
+        kafka.probe(&order_events, readiness.timeout())?,
+    );
+    readiness
+        .serves::<CartServiceServer<grpc::Carts>>()
+        .probe("kafka", broker)
+        .probe("redis", move || {
+            let mut redis = ping.clone();
+            async move {
+                redis::cmd("PING").query_async::<String>(&mut redis).await?;
+                Ok(())
+            }
+        });
+    let mut app = shop_core::app::Application::bind(
+        "cart",
+        &settings.server,
+        routes,
+        readiness,
+        shutdown.clone(),
+    )
+    .await?;
     let relay = relay::Relay {
         redis,
         producer: kafka.producer(Duration::from_secs(30))?,

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shop_core::ServiceError;
+use shop_core::{
+    ServiceError,
+    fields::{self, Amount},
+};
 use shop_proto::{catalog::Product as ProductProto, common::Money};
 
 pub const MAX_ATTRIBUTES: usize = 50;
-/// Prices up to 10^12 minor units (ten billion in a 2-decimal currency).
-pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
@@ -24,57 +25,12 @@ pub struct Product {
     pub version: u64,
 }
 
-fn text(field: &str, value: &str, max: usize, required: bool) -> Result<String, ServiceError> {
-    let v = value.trim();
-    if required && v.is_empty() {
-        return Err(ServiceError::invalid(field, "is required"));
-    }
-    if v.chars().count() > max {
-        return Err(ServiceError::invalid(
-            field,
-            format!("is longer than {max} characters"),
-        ));
-    }
-    Ok(v.to_owned())
-}
-
-/// A SKU: 1 to 64 characters of `[A-Za-z0-9._-]`.
-pub fn sku(raw: &str) -> Result<String, ServiceError> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 64
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err(ServiceError::invalid(
-            "product.sku",
-            "must be 1 to 64 characters of letters, digits, '.', '-' or '_'",
-        ))
-    }
-}
-
 impl Product {
     /// The writable fields of `p` (stock and version are the service's).
     pub fn parse(p: Option<&ProductProto>) -> Result<Self, ServiceError> {
         let p = p.ok_or_else(|| ServiceError::invalid("product", "is required"))?;
-        let price = p
-            .price
-            .as_ref()
-            .ok_or_else(|| ServiceError::invalid("product.price", "is required"))?;
-        if !(0..=MAX_PRICE_MINOR).contains(&price.amount_minor) {
-            return Err(ServiceError::invalid(
-                "product.price.amount_minor",
-                format!("must be 0 to {MAX_PRICE_MINOR}"),
-            ));
-        }
-        if price.currency.len() != 3 || !price.currency.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(ServiceError::invalid(
-                "product.price.currency",
-                "must be a 3-letter ISO 4217 code, e.g. EUR",
-            ));
-        }
+        // A product on sale has a price an order can be placed at (PlaceOrder refuses zero).
+        let price = fields::Money::parse("product.price", p.price.as_ref(), Amount::Positive)?;
         if p.attributes.len() > MAX_ATTRIBUTES {
             return Err(ServiceError::invalid(
                 "product.attributes",
@@ -83,19 +39,17 @@ impl Product {
         }
         let mut attributes = BTreeMap::new();
         for (k, v) in &p.attributes {
-            let key = text("product.attributes", k, 64, true)?;
-            attributes.insert(
-                key,
-                text(&format!("product.attributes[{k}]"), v, 256, false)?,
-            );
+            let key = fields::text("product.attributes", k, 64)?;
+            let value = fields::optional_text(&format!("product.attributes[{key}]"), v, 256)?;
+            attributes.insert(key, value);
         }
         Ok(Self {
-            sku: sku(&p.sku)?,
-            name: text("product.name", &p.name, 200, true)?,
-            description: text("product.description", &p.description, 5_000, false)?,
-            category: text("product.category", &p.category, 64, true)?,
-            price_minor: price.amount_minor,
-            currency: price.currency.clone(),
+            sku: fields::Sku::parse("product.sku", &p.sku)?.into_string(),
+            name: fields::text("product.name", &p.name, 200)?,
+            description: fields::prose("product.description", &p.description, 5_000)?,
+            category: fields::text("product.category", &p.category, 64)?,
+            price_minor: price.minor,
+            currency: price.currency().to_owned(),
             attributes,
             stock: 0,
             version: 0,

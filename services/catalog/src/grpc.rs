@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shop_core::{ServiceError, grpc::page_size};
+use shop_core::{ServiceError, fields, grpc::page_size};
 use shop_messaging::{NewEvent, topics::types};
 use shop_proto::{
     catalog::{
@@ -18,7 +18,7 @@ use shop_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{self, Product},
+    domain::Product,
     recommend::{self, Recommendations},
     search::{Query, SearchBackend, Sort},
     store::ProductStore,
@@ -64,7 +64,7 @@ impl Catalog {
 
 /// Page tokens are the offset of the next page, as text.
 fn offset(token: &str) -> Result<usize, ServiceError> {
-    if token.is_empty() {
+    if fields::page_token("page.page_token", token)?.is_empty() {
         return Ok(0);
     }
     token
@@ -120,12 +120,7 @@ impl CatalogService for Catalog {
         &self,
         request: Request<GetProductRequest>,
     ) -> Result<Response<ProductProto>, Status> {
-        let sku = domain::sku(&request.get_ref().sku).map_err(|_| {
-            ServiceError::invalid(
-                "sku",
-                "must be 1 to 64 characters of letters, digits, '.', '-' or '_'",
-            )
-        })?;
+        let sku = fields::Sku::parse("sku", &request.get_ref().sku)?.into_string();
         let p = self
             .store
             .get(&sku)
@@ -139,9 +134,8 @@ impl CatalogService for Catalog {
         request: Request<SearchProductsRequest>,
     ) -> Result<Response<SearchProductsResponse>, Status> {
         let r = request.get_ref();
-        if r.query.len() > 500 {
-            return Err(ServiceError::invalid("query", "is longer than 500 characters").into());
-        }
+        let text = fields::optional_text("query", &r.query, fields::MAX_QUERY)?;
+        let category = fields::optional_text("category", &r.category, 64)?;
         if r.min_price_minor < 0 || r.max_price_minor < 0 {
             return Err(ServiceError::invalid("min_price_minor", "must not be negative").into());
         }
@@ -154,8 +148,8 @@ impl CatalogService for Catalog {
         let limit = page_size(page.page_size, 20, 100) as usize;
         let offset = offset(&page.page_token)?;
         let q = Query {
-            text: r.query.clone(),
-            category: (!r.category.trim().is_empty()).then(|| r.category.trim().to_owned()),
+            text,
+            category: (!category.is_empty()).then_some(category),
             min_price_minor: (r.min_price_minor > 0).then_some(r.min_price_minor),
             max_price_minor: (r.max_price_minor > 0).then_some(r.max_price_minor),
             in_stock_only: r.in_stock_only,
@@ -206,7 +200,7 @@ impl CatalogService for Catalog {
         request: Request<GetRecommendationsRequest>,
     ) -> Result<Response<GetRecommendationsResponse>, Status> {
         let r = request.get_ref();
-        let sku = domain::sku(&r.sku).map_err(|_| ServiceError::invalid("sku", "is not a SKU"))?;
+        let sku = fields::Sku::parse("sku", &r.sku)?.into_string();
         let limit = if r.limit == 0 { 5 } else { r.limit as usize };
         if limit > recommend::MAX_LIMIT {
             return Err(ServiceError::invalid(

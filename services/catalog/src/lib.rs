@@ -11,6 +11,8 @@
 //! - [`recommend`]: "bought together" scores in Redis, counted once per order.
 //! - [`feed`]: the consumers that keep search and recommendations up to date from events.
 //! - [`grpc`]: create / update (optimistic on `expected_version`) / get, search, recommendations.
+//! - [`build`]: the service, assembled; ready (gRPC health) while MongoDB, Redis, the search
+//!   server (the `elasticsearch` backend) and Kafka answer.
 
 pub mod domain;
 pub mod feed;
@@ -22,7 +24,10 @@ pub mod store;
 use std::{sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use shop_core::config::{RedisSettings, ServerSettings, TelemetrySettings};
+use shop_core::{
+    config::{RedisSettings, ServerSettings, TelemetrySettings},
+    readiness::Readiness,
+};
 use shop_messaging::{kafka::KafkaSettings, topics};
 use shop_proto::catalog::catalog_service_server::CatalogServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -127,7 +132,7 @@ pub async fn build(
     let redis =
         redis::aio::ConnectionManager::new(redis::Client::open(settings.redis.url.as_str())?)
             .await?;
-    let recommendations = recommend::Recommendations::new(redis, &kafka.topic_prefix);
+    let recommendations = recommend::Recommendations::new(redis.clone(), &kafka.topic_prefix);
     let search = search_backend(&settings.search).await?;
     tracing::info!(backend = search.name(), "search backend ready");
     let catalog = grpc::Catalog {
@@ -137,13 +142,48 @@ pub async fn build(
         events_topic: catalog_events.clone(),
     };
     let (routes, health) = shop_core::grpc::base_routes()?;
-    health
-        .set_serving::<CatalogServiceServer<grpc::Catalog>>()
-        .await;
     let routes = routes.add_service(CatalogServiceServer::new(catalog));
-    let mut app =
-        shop_core::app::Application::bind("catalog", &settings.server, routes, shutdown.clone())
-            .await?;
+    let mut readiness = Readiness::new(health, &settings.server);
+    let db = mongo.database(&settings.mongo.database);
+    let broker = kafka.probe(&catalog_events, readiness.timeout())?;
+    readiness
+        .serves::<CatalogServiceServer<grpc::Catalog>>()
+        .probe("kafka", broker)
+        .probe("mongodb", move || {
+            let db = db.clone();
+            async move {
+                db.run_command(mongodb::bson::doc! { "ping": 1 }).await?;
+                Ok(())
+            }
+        })
+        .probe("redis", move || {
+            let mut redis = redis.clone();
+            async move {
+                redis::cmd("PING").query_async::<String>(&mut redis).await?;
+                Ok(())
+            }
+        });
+    if settings.search.backend == "elasticsearch" {
+        // The embedded index lives in this process; the server is a dependency.
+        let client = opensearch::OpenSearch::new(
+            opensearch::http::transport::Transport::single_node(&settings.search.url)?,
+        );
+        readiness.probe("search", move || {
+            let client = client.clone();
+            async move {
+                client.ping().send().await?.error_for_status_code()?;
+                Ok(())
+            }
+        });
+    }
+    let mut app = shop_core::app::Application::bind(
+        "catalog",
+        &settings.server,
+        routes,
+        readiness,
+        shutdown.clone(),
+    )
+    .await?;
     app.spawn(
         store::OutboxRelay {
             products,

@@ -7,60 +7,15 @@ pub const MAX_LINES: usize = 100;
 /// Most units of one SKU in one reservation or restock.
 pub const MAX_QUANTITY: i64 = 1_000_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {field}: {message}")]
-pub struct Invalid {
-    pub field: String,
-    pub message: String,
-}
+pub use shop_core::fields::{Invalid, Sku};
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-/// A stock-keeping unit: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Sku(String);
-
-impl Sku {
-    pub fn parse(field: &str, raw: &str) -> Result<Self, Invalid> {
-        let s = raw.trim();
-        if s.is_empty() {
-            return Err(invalid(field, "is required"));
-        }
-        if s.len() > 64 {
-            return Err(invalid(field, "is longer than 64 characters"));
-        }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return Err(invalid(
-                field,
-                "may only contain letters, digits, '.', '_' and '-'",
-            ));
-        }
-        Ok(Self(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+    Invalid::new(field, message)
 }
 
 /// A positive number of units, at most [`MAX_QUANTITY`].
 pub fn quantity(field: &str, raw: u32) -> Result<i64, Invalid> {
-    let q = i64::from(raw);
-    if q == 0 {
-        return Err(invalid(field, "must be at least 1"));
-    }
-    if q > MAX_QUANTITY {
-        return Err(invalid(field, format!("must be at most {MAX_QUANTITY}")));
-    }
-    Ok(q)
+    shop_core::fields::quantity(field, raw, MAX_QUANTITY as u32).map(i64::from)
 }
 
 /// What one reservation asks for: distinct SKUs in ascending order (the order rows are locked

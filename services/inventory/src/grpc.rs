@@ -1,6 +1,6 @@
 //! The gRPC adapter: protobuf in, validated domain values, repository, protobuf out.
 
-use shop_core::{ServiceError, grpc::required};
+use shop_core::{ServiceError, fields};
 use shop_messaging::outbox;
 use shop_proto::inventory::{
     GetStockRequest, RestockRequest, StockLevel, inventory_service_server::InventoryService,
@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     commands::level_changed,
-    domain::{Invalid, Sku, quantity},
+    domain::{Sku, quantity},
     repository,
 };
 
@@ -25,12 +25,6 @@ impl Inventory {
     }
 }
 
-impl From<Invalid> for ServiceError {
-    fn from(e: Invalid) -> Self {
-        ServiceError::invalid(e.field, e.message)
-    }
-}
-
 #[tonic::async_trait]
 impl InventoryService for Inventory {
     async fn get_stock(
@@ -38,7 +32,8 @@ impl InventoryService for Inventory {
         request: Request<GetStockRequest>,
     ) -> Result<Response<StockLevel>, Status> {
         let r = request.into_inner();
-        let tenant = required("tenant_id", &r.tenant_id)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let tenant = tenant.as_str();
         let sku = Sku::parse("sku", &r.sku).map_err(ServiceError::from)?;
         let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
         let (available, reserved) = repository::stock(&mut conn, tenant, sku.as_str())
@@ -58,7 +53,8 @@ impl InventoryService for Inventory {
         request: Request<RestockRequest>,
     ) -> Result<Response<StockLevel>, Status> {
         let r = request.into_inner();
-        let tenant = required("tenant_id", &r.tenant_id)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let tenant = tenant.as_str();
         let sku = Sku::parse("sku", &r.sku).map_err(ServiceError::from)?;
         let q = quantity("quantity", r.quantity).map_err(ServiceError::from)?;
         let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;

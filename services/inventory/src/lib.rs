@@ -8,7 +8,7 @@
 //! - [`commands`]: the saga's commands (reserve, release, commit) arriving through the inbox;
 //!   each effect and its reply commit in one transaction.
 //! - [`grpc`]: `GetStock` and `Restock`.
-//! - [`build`]: the service, assembled.
+//! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
 pub mod commands;
 pub mod domain;
@@ -43,10 +43,11 @@ pub async fn build(
         settings,
         Some(sqlx::migrate!()),
         shutdown.clone(),
-        async |routes, health, pool| {
-            health
-                .set_serving::<InventoryServiceServer<grpc::Inventory>>()
-                .await;
+        async |routes, readiness, pool| {
+            let kafka = settings.kafka.probe(&commands, readiness.timeout())?;
+            readiness
+                .serves::<InventoryServiceServer<grpc::Inventory>>()
+                .probe("kafka", kafka);
             let service = grpc::Inventory::new(pool.clone(), events.clone());
             Ok(routes.add_service(InventoryServiceServer::new(service)))
         },

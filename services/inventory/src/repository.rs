@@ -217,9 +217,10 @@ pub async fn restock(
     quantity: i64,
 ) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
-        "INSERT INTO stock (tenant_id, sku, available) VALUES ($1, $2, $3)
+        "INSERT INTO stock (tenant_id, sku, available, received) VALUES ($1, $2, $3, $3)
          ON CONFLICT (tenant_id, sku) DO UPDATE
-             SET available = stock.available + EXCLUDED.available, updated_at = now()
+             SET available = stock.available + EXCLUDED.available,
+                 received = stock.received + EXCLUDED.available, updated_at = now()
          RETURNING available, reserved",
     )
     .bind(tenant)

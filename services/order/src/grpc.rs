@@ -1,10 +1,7 @@
 //! The gRPC adapter: protobuf in, validated domain values, repository and orchestrator, protobuf out.
 
 use chrono::{DateTime, Utc};
-use shop_core::{
-    ServiceError,
-    grpc::{page_size, uuid_field},
-};
+use shop_core::{ServiceError, fields, grpc::page_size};
 use shop_proto::order::{
     CompensateSagaRequest, GetOrderAsOfRequest, GetOrderRequest, GetSagaRequest, ListOrdersRequest,
     ListOrdersResponse, ListSagasRequest, ListSagasResponse, Order, OrderStatus, PlaceOrderRequest,
@@ -168,7 +165,7 @@ fn saga_proto(row: SagaRow, order: Option<&stream::Order>) -> Saga {
 
 /// Cursor tokens are `<rfc3339>|<uuid>` of the last row of the previous page.
 fn cursor(field: &str, token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, ServiceError> {
-    if token.is_empty() {
+    if fields::page_token(field, token)?.is_empty() {
         return Ok(None);
     }
     let bad = || ServiceError::invalid(field, "is not a token this service issued");
@@ -235,7 +232,7 @@ impl OrderService for Orders {
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
         let r = request.get_ref();
-        let id = uuid_field("order_id", &r.order_id)?;
+        let id = fields::uuid("order_id", &r.order_id)?;
         let min = r.min_stream_version;
         let deadline = std::time::Instant::now() + self.read_your_writes_wait;
         let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
@@ -270,16 +267,21 @@ impl OrderService for Orders {
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
         let r = request.into_inner();
-        let tenant = shop_core::grpc::required("tenant_id", &r.tenant_id)?;
-        let customer = shop_core::grpc::required("customer_id", &r.customer_id)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let customer = fields::key("customer_id", &r.customer_id, fields::MAX_ID)?;
         let page = r.page.unwrap_or_default();
         let limit = page_size(page.page_size, 20, 200);
         let after = cursor("page.page_token", &page.page_token)?;
         let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
-        let rows =
-            projection::customer_orders(&mut conn, tenant, customer, after, i64::from(limit))
-                .await
-                .map_err(ServiceError::from)?;
+        let rows = projection::customer_orders(
+            &mut conn,
+            tenant.as_str(),
+            &customer,
+            after,
+            i64::from(limit),
+        )
+        .await
+        .map_err(ServiceError::from)?;
         let next_page_token = match rows.last() {
             Some(o) if rows.len() == limit as usize => token(o.placed_at, o.order_id),
             _ => String::new(),
@@ -291,7 +293,7 @@ impl OrderService for Orders {
     }
 
     async fn get_saga(&self, request: Request<GetSagaRequest>) -> Result<Response<Saga>, Status> {
-        let id = uuid_field("saga_id", &request.get_ref().saga_id)?;
+        let id = fields::uuid("saga_id", &request.get_ref().saga_id)?;
         let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
         let row = repository::saga(&mut conn, id)
             .await
@@ -332,7 +334,7 @@ impl OrderService for Orders {
         &self,
         request: Request<RetrySagaRequest>,
     ) -> Result<Response<Saga>, Status> {
-        let id = uuid_field("saga_id", &request.get_ref().saga_id)?;
+        let id = fields::uuid("saga_id", &request.get_ref().saga_id)?;
         self.intervene(id, Event::RetryRequested).await
     }
 
@@ -341,8 +343,9 @@ impl OrderService for Orders {
         request: Request<CompensateSagaRequest>,
     ) -> Result<Response<Saga>, Status> {
         let r = request.get_ref();
-        let id = uuid_field("saga_id", &r.saga_id)?;
-        let reason = match r.reason.trim() {
+        let id = fields::uuid("saga_id", &r.saga_id)?;
+        let reason = match fields::optional_text("reason", &r.reason, fields::MAX_REASON)?.as_str()
+        {
             "" => "compensated by an operator".to_owned(),
             reason => format!("compensated by an operator: {reason}"),
         };
@@ -354,10 +357,13 @@ impl OrderService for Orders {
         request: Request<GetOrderAsOfRequest>,
     ) -> Result<Response<Order>, Status> {
         let r = request.get_ref();
-        let id = uuid_field("order_id", &r.order_id)?;
+        let id = fields::uuid("order_id", &r.order_id)?;
         let until = match &r.as_of {
             Some(AsOf::Version(0)) => {
                 return Err(ServiceError::invalid("version", "must be 1 or more").into());
+            }
+            Some(AsOf::Version(v)) if i64::try_from(*v).is_err() => {
+                return Err(ServiceError::invalid("version", "is beyond any stream").into());
             }
             Some(AsOf::Version(v)) => Until::Version(*v),
             Some(AsOf::At(t)) => Until::Time(

@@ -18,7 +18,7 @@
 //! - [`grpc`]: `PlaceOrder` (idempotent on its key, returns the stream version), `GetOrder`
 //!   (read model, read-your-writes), `ListOrders`, `GetOrderAsOf`, `RebuildReadModels`, and the
 //!   saga operations `GetSaga`, `ListSagas`, `RetrySaga`, `CompensateSaga`.
-//! - [`build`]: the service, assembled.
+//! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
 pub mod domain;
 pub mod eventstore;
@@ -160,11 +160,12 @@ pub async fn build(
         s,
         Some(sqlx::migrate!()),
         shutdown.clone(),
-        async |routes, health, pool| {
+        async |routes, readiness, pool| {
             projection::init(pool).await?;
-            health
-                .set_serving::<OrderServiceServer<grpc::Orders>>()
-                .await;
+            let kafka = s.kafka.probe(&topics.order_events, readiness.timeout())?;
+            readiness
+                .serves::<OrderServiceServer<grpc::Orders>>()
+                .probe("kafka", kafka);
             Ok(
                 routes.add_service(OrderServiceServer::new(grpc::Orders::new(
                     pool.clone(),

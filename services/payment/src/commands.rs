@@ -17,7 +17,7 @@ use shop_proto::events::{
 use sqlx::PgConnection;
 
 use crate::{
-    domain::{ChargeStatus, Money},
+    domain::{Amount, ChargeStatus, Money},
     repository::{self, Charge},
 };
 
@@ -36,7 +36,7 @@ impl Handler for Commands {
         let reply = match cmd.event_type.as_str() {
             types::CHARGE_PAYMENT => {
                 let c = ChargePayment::decode(cmd.payload.as_slice())?;
-                let outcome = match Money::parse("amount", c.amount.as_ref(), true) {
+                let outcome = match Money::parse("amount", c.amount.as_ref(), Amount::Positive) {
                     Ok(amount) => {
                         repository::charge(conn, &c.order_id, &c.account_id, amount).await?
                     }

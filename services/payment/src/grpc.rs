@@ -1,9 +1,6 @@
 //! The gRPC adapter: protobuf in, validated domain values, repository, protobuf out.
 
-use shop_core::{
-    ServiceError,
-    grpc::{page_size, required},
-};
+use shop_core::{ServiceError, fields, grpc::page_size};
 use shop_proto::payment::{
     Account, GetAccountRequest, ListMovementsRequest, ListMovementsResponse, Movement,
     OpenAccountRequest, payment_service_server::PaymentService,
@@ -12,7 +9,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{Invalid, Money},
+    domain::{Amount, Money},
     repository,
 };
 
@@ -23,12 +20,6 @@ pub struct Payment {
 impl Payment {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
-    }
-}
-
-impl From<Invalid> for ServiceError {
-    fn from(e: Invalid) -> Self {
-        ServiceError::invalid(e.field, e.message)
     }
 }
 
@@ -48,10 +39,14 @@ impl PaymentService for Payment {
         request: Request<OpenAccountRequest>,
     ) -> Result<Response<Account>, Status> {
         let r = request.into_inner();
-        let account_id = required("account_id", &r.account_id)?;
-        let tenant = required("tenant_id", &r.tenant_id)?;
-        let opening = Money::parse("opening_balance", r.opening_balance.as_ref(), false)
-            .map_err(ServiceError::from)?;
+        let account_id = &fields::key("account_id", &r.account_id, fields::MAX_ID)?;
+        let tenant = fields::TenantId::parse("tenant_id", &r.tenant_id)?;
+        let tenant = tenant.as_str();
+        let opening = Money::parse(
+            "opening_balance",
+            r.opening_balance.as_ref(),
+            Amount::NonNegative,
+        )?;
         let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
         match repository::open_account(&mut conn, account_id, tenant, opening)
             .await
@@ -70,7 +65,7 @@ impl PaymentService for Payment {
         request: Request<GetAccountRequest>,
     ) -> Result<Response<Account>, Status> {
         let r = request.into_inner();
-        let account_id = required("account_id", &r.account_id)?;
+        let account_id = &fields::key("account_id", &r.account_id, fields::MAX_ID)?;
         let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
         let account = repository::account(&mut conn, account_id)
             .await
@@ -84,10 +79,10 @@ impl PaymentService for Payment {
         request: Request<ListMovementsRequest>,
     ) -> Result<Response<ListMovementsResponse>, Status> {
         let r = request.into_inner();
-        let account_id = required("account_id", &r.account_id)?;
+        let account_id = &fields::key("account_id", &r.account_id, fields::MAX_ID)?;
         let page = r.page.unwrap_or_default();
         let limit = page_size(page.page_size, 50, 500);
-        let after = match page.page_token.as_str() {
+        let after = match fields::page_token("page.page_token", &page.page_token)? {
             "" => 0,
             t => t.parse::<i64>().map_err(|_| {
                 ServiceError::invalid("page.page_token", "is not a token this service issued")

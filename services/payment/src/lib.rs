@@ -8,7 +8,7 @@
 //!   at most once per order.
 //! - [`commands`]: the saga's commands (charge, refund) arriving through the inbox.
 //! - [`grpc`]: `OpenAccount`, `GetAccount`, `ListMovements`.
-//! - [`build`]: the service, assembled.
+//! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
 pub mod commands;
 pub mod domain;
@@ -43,10 +43,11 @@ pub async fn build(
         settings,
         Some(sqlx::migrate!()),
         shutdown.clone(),
-        async |routes, health, pool| {
-            health
-                .set_serving::<PaymentServiceServer<grpc::Payment>>()
-                .await;
+        async |routes, readiness, pool| {
+            let kafka = settings.kafka.probe(&commands, readiness.timeout())?;
+            readiness
+                .serves::<PaymentServiceServer<grpc::Payment>>()
+                .probe("kafka", kafka);
             Ok(routes.add_service(PaymentServiceServer::new(grpc::Payment::new(pool.clone()))))
         },
     )

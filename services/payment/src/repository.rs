@@ -2,7 +2,7 @@
 
 use sqlx::PgConnection;
 
-use crate::domain::{ChargeStatus, Money, decide_charge};
+use crate::domain::{ChargeStatus, Currency, Money, decide_charge};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Charge {
@@ -85,7 +85,7 @@ pub async fn refund(conn: &mut PgConnection, order_id: &str) -> Result<Money, sq
         None => {
             let nothing = Money {
                 minor: 0,
-                currency: *b"XXX",
+                currency: Currency::NONE,
             };
             insert_charge(
                 conn,
@@ -139,7 +139,7 @@ async fn charge_status(
     .fetch_optional(conn)
     .await?;
     Ok(row.and_then(|(status, reason, account, minor, currency)| {
-        let currency: [u8; 3] = currency.as_bytes().try_into().ok()?;
+        let currency = Currency::parse("currency", &currency).ok()?;
         Some((
             ChargeStatus::parse(&status)?,
             reason,
@@ -214,7 +214,7 @@ pub async fn account(
             .fetch_optional(conn)
             .await?;
     Ok(row.and_then(|(tenant, currency, opening, balance)| {
-        let currency: [u8; 3] = currency.as_bytes().try_into().ok()?;
+        let currency = Currency::parse("currency", &currency).ok()?;
         Some((
             tenant,
             Money {

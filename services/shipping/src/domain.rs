@@ -18,48 +18,21 @@ pub enum Refusal {
     OutsideZones(String),
 }
 
-fn invalid(field: &str, message: &str) -> Refusal {
-    Refusal::Invalid {
-        field: field.to_owned(),
-        message: message.to_owned(),
+impl From<shop_core::fields::Invalid> for Refusal {
+    fn from(e: shop_core::fields::Invalid) -> Self {
+        Refusal::Invalid {
+            field: e.field,
+            message: e.message,
+        }
     }
 }
 
-/// Checks `address` (under the protobuf field name `field`) against the format and `zones`.
+/// Checks `address` (under the protobuf field name `field`) against the format every service
+/// shares ([`shop_core::fields::address`]) and then against `zones`.
 pub fn check(field: &str, address: Option<&Address>, zones: &[String]) -> Result<(), Refusal> {
-    let a = address.ok_or_else(|| invalid(field, "is required"))?;
-    for (name, value, max) in [
-        ("name", &a.name, 200),
-        ("line1", &a.line1, 200),
-        ("city", &a.city, 100),
-        ("postal_code", &a.postal_code, 20),
-    ] {
-        let v = value.trim();
-        if v.is_empty() {
-            return Err(invalid(&format!("{field}.{name}"), "is required"));
-        }
-        if v.len() > max {
-            return Err(invalid(
-                &format!("{field}.{name}"),
-                &format!("is longer than {max} characters"),
-            ));
-        }
-    }
-    if a.line2.len() > 200 {
-        return Err(invalid(
-            &format!("{field}.line2"),
-            "is longer than 200 characters",
-        ));
-    }
-    let country = a.country.trim();
-    if country.len() != 2 || !country.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(invalid(
-            &format!("{field}.country"),
-            "must be an ISO 3166-1 alpha-2 code, e.g. DE",
-        ));
-    }
-    if !zones.iter().any(|z| z == country) {
-        return Err(Refusal::OutsideZones(country.to_owned()));
+    let a = shop_core::fields::address(field, address)?;
+    if !zones.contains(&a.country) {
+        return Err(Refusal::OutsideZones(a.country));
     }
     Ok(())
 }

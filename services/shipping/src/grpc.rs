@@ -1,6 +1,6 @@
 //! The gRPC adapter: protobuf in, validated domain values, repository, protobuf out.
 
-use shop_core::{ServiceError, grpc::uuid_field};
+use shop_core::{ServiceError, fields};
 use shop_proto::shipping::{
     GetShipmentRequest, Shipment, ValidateAddressRequest, ValidateAddressResponse,
     shipping_service_server::ShippingService,
@@ -37,13 +37,14 @@ impl ShippingService for Shipping {
                 return Err(ServiceError::invalid("shipment_id", "or order_id is required").into());
             }
             ("", order_id) => {
+                let order_id = &fields::key("order_id", order_id, fields::MAX_ID)?;
                 let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
                 repository::for_order(&mut tx, order_id)
                     .await
                     .map_err(ServiceError::from)?
             }
             (id, _) => {
-                let id = uuid_field("shipment_id", id)?;
+                let id = fields::uuid("shipment_id", id)?;
                 repository::by_id(&mut conn, id)
                     .await
                     .map_err(ServiceError::from)?

@@ -7,7 +7,7 @@
 //! - [`repository`]: the SQL; one shipment row per order.
 //! - [`commands`]: the saga's commands arriving through the inbox.
 //! - [`grpc`]: `GetShipment`, `ValidateAddress`.
-//! - [`build`]: the service, assembled.
+//! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
 pub mod commands;
 pub mod domain;
@@ -68,10 +68,11 @@ pub async fn build(
         s,
         Some(sqlx::migrate!()),
         shutdown.clone(),
-        async |routes, health, pool| {
-            health
-                .set_serving::<ShippingServiceServer<grpc::Shipping>>()
-                .await;
+        async |routes, readiness, pool| {
+            let kafka = s.kafka.probe(&commands, readiness.timeout())?;
+            readiness
+                .serves::<ShippingServiceServer<grpc::Shipping>>()
+                .probe("kafka", kafka);
             Ok(
                 routes.add_service(ShippingServiceServer::new(grpc::Shipping::new(
                     pool.clone(),

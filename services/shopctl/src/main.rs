@@ -6,6 +6,9 @@
 //! - `shopctl saga get|list|retry|compensate`: look at sagas and intervene by hand.
 //! - `shopctl orders get|as-of|rebuild`: an order from the read model or replayed as of a
 //!   version or time; rebuild the read models.
+//! - `shopctl outbox list|redrive`: rows a relay parked (the broker refuses them for good), and
+//!   putting them back in line.
+//! - `shopctl check`: the invariants across every service's own state (`--every`: continuously).
 //! - `shopctl health`: gRPC health of every service.
 //! - `shopctl bench relay|saga|analytics|event-store`: figures beside the raw store's.
 
@@ -15,9 +18,11 @@ mod bench_catalog;
 mod bench_eventstore;
 mod bench_kafka_txn;
 mod bench_saga;
+mod check;
 mod demo;
 mod health;
 mod orders;
+mod outbox;
 mod saga;
 mod smoke;
 mod storefront;
@@ -35,6 +40,9 @@ struct Cli {
         global = true
     )]
     pg_url: String,
+    /// The PostgreSQL services' databases are `<prefix><service>` on that server.
+    #[arg(long, env = "SHOP_DB_PREFIX", default_value = "shop_", global = true)]
+    db_prefix: String,
     /// Kafka bootstrap servers.
     #[arg(
         long,
@@ -67,8 +75,12 @@ enum Command {
     /// Event-sourced orders: as of a version or time, read-model rebuild.
     #[command(subcommand)]
     Orders(orders::OrdersCmd),
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCmd),
     /// gRPC health of every service on the local ports.
     Health,
+    /// The platform's invariants, read from every service's own state.
+    Check(check::CheckArgs),
     /// Benchmarks (real work on the real stores; figures beside the raw store's).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -89,6 +101,10 @@ async fn main() -> anyhow::Result<()> {
         brokers: cli.kafka.clone(),
         client_id: "shopctl".into(),
         ..Default::default()
+    };
+    let databases = outbox::Databases {
+        url: cli.pg_url.clone(),
+        prefix: cli.db_prefix.clone(),
     };
     match cli.command {
         Command::Health => {
@@ -154,6 +170,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Saga(cmd) => saga::run(&cli.order, cmd).await,
         Command::Orders(cmd) => orders::run(&cli.order, cmd).await,
+        Command::Outbox(cmd) => outbox::run(&databases, cmd).await,
+        Command::Check(args) => check::run(&databases, args).await,
         Command::Bench(b) => bench::run(&cli.pg_url, &kafka, b).await,
     }
 }

@@ -324,3 +324,118 @@ async fn rollback_leaves_no_event_and_cleanup_removes_only_old_published_rows() 
     );
     db.drop_db().await;
 }
+
+/// The 1 MB address wedge: a row the broker can never take (here 2 MB, past
+/// `message.max.bytes`) used to be retried for ever, and every later row of its bucket waited
+/// behind it. Now it is parked after `park_after` attempts; the other keys of its bucket flow,
+/// in order; the later row of the parked key waits (its order is kept); `redrive` puts it back.
+#[tokio::test]
+async fn a_row_the_broker_refuses_for_good_is_parked_and_the_rest_of_its_bucket_moves_on() {
+    use shop_messaging::envelope::bucket_of;
+    let db = TestDb::new().await;
+    let kafka = kafka();
+    let topic = topic(&kafka, "parking").await;
+    let bucket = bucket_of("big", outbox::BUCKETS);
+    let neighbours: Vec<String> = (0..)
+        .map(|i| format!("n-{i}"))
+        .filter(|k| bucket_of(k, outbox::BUCKETS) == bucket)
+        .take(3)
+        .collect();
+    let mut huge = smoke::tick(&topic, "big", 1);
+    huge.envelope.payload = vec![7; 2 << 20];
+    let mut tx = db.pool.begin().await.expect("begin");
+    outbox::enqueue(&mut tx, &huge).await.expect("enqueue");
+    outbox::enqueue(&mut tx, &smoke::tick(&topic, "big", 2))
+        .await
+        .expect("enqueue");
+    for seq in 1..=5 {
+        for k in &neighbours {
+            outbox::enqueue(&mut tx, &smoke::tick(&topic, k, seq))
+                .await
+                .expect("enqueue");
+        }
+    }
+    tx.commit().await.expect("commit");
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = RelayConfig {
+        park_after: 3,
+        error_backoff: Duration::from_millis(50),
+        ..fast()
+    };
+    let relay = tokio::spawn(relay(&db, &kafka, config).run(stop.clone()));
+    // Rows after a failure in one round are sent again the next (at least once), so count
+    // distinct (key, sequence) pairs.
+    let got = distinct_ticks(&kafka, &topic, 15).await;
+    assert_eq!(
+        got.len(),
+        15,
+        "every neighbour's row was published: {got:?}"
+    );
+    assert!(!got.iter().any(|(k, _)| k == "big"), "{got:?}");
+    eventually(Duration::from_secs(10), "the huge row parked", || {
+        let pool = db.pool.clone();
+        async move { outbox::backlog(&pool).await.expect("backlog").parked == 1 }
+    })
+    .await;
+    let parked = outbox::parked(&db.pool, 10).await.expect("parked");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].partition_key, "big");
+    assert_eq!(parked[0].attempts, 3);
+    assert_eq!(parked[0].waiting_behind, 1, "big:2 waits behind big:1");
+    let error = parked[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("too large"), "{error}");
+
+    // An operator fixes the cause (here: the payload) and redrives: big:1 then big:2 follow.
+    sqlx::query("UPDATE outbox SET payload = $1 WHERE id = $2")
+        .bind(prost::Message::encode_to_vec(
+            &smoke::tick(&topic, "big", 1).envelope,
+        ))
+        .bind(parked[0].id)
+        .execute(&db.pool)
+        .await
+        .expect("fix");
+    assert_eq!(outbox::redrive(&db.pool, None).await.expect("redrive"), 1);
+    let all = distinct_ticks(&kafka, &topic, 17).await;
+    let big: Vec<u64> = all
+        .iter()
+        .filter(|(k, _)| k == "big")
+        .map(|(_, seq)| *seq)
+        .collect();
+    assert_eq!(big, vec![1, 2], "the parked key's rows, in order");
+    assert_eq!(outbox::backlog(&db.pool).await.expect("backlog").pending, 0);
+    stop.cancel();
+    relay.await.expect("join").expect("relay ran");
+    db.drop_db().await;
+}
+
+/// The distinct (key, sequence) ticks on `topic` in the order they first appear (per key: the
+/// order of its partition), read until `want` of them or 60 s.
+async fn distinct_ticks(
+    kafka: &shop_messaging::kafka::KafkaSettings,
+    topic: &str,
+    want: usize,
+) -> Vec<(String, u64)> {
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut ask = want;
+    while seen.len() < want && std::time::Instant::now() < deadline {
+        let messages = read_all(kafka, topic, ask).await;
+        // Not enough distinct ones among them: read past them next time.
+        ask = messages.len() + 1;
+        seen.clear();
+        for (k, v) in messages {
+            let env =
+                <shop_messaging::envelope::EventEnvelope as prost::Message>::decode(v.as_slice())
+                    .expect("envelope");
+            let tick =
+                <shop_proto::events::SmokeTick as prost::Message>::decode(env.payload.as_slice())
+                    .expect("tick");
+            let tick = (String::from_utf8_lossy(&k).into_owned(), tick.sequence);
+            if !seen.contains(&tick) {
+                seen.push(tick);
+            }
+        }
+    }
+    seen
+}

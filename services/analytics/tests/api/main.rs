@@ -483,3 +483,59 @@ async fn retention_drops_only_expired_partitions() {
     assert_eq!(left, vec!["new-stock".to_owned(), "old-order".to_owned()]);
     app.stop().await;
 }
+
+/// Hostile requests (NUL bytes, megabyte tenant ids, timestamps at the integer edges) are
+/// refused or answered, never INTERNAL: a megabyte tenant id used to reach ClickHouse's query
+/// size limit.
+#[tokio::test]
+async fn no_request_is_answered_with_a_server_fault() {
+    use shop_fields::arbitrary::{self, assert_no_server_fault, sample};
+    use shop_proto::analytics::TimeRange;
+    let app = spawn_app().await;
+    let mut grpc = app.grpc.clone();
+    let tenants = sample(arbitrary::string(), 120, 11);
+    let edges = sample(arbitrary::i64_edge(), 120, 12);
+    for (i, (tenant_id, edge)) in tenants.into_iter().zip(edges).enumerate() {
+        let stamp = |seconds: i64, nanos: i32| prost_types::Timestamp { seconds, nanos };
+        let range = match i % 4 {
+            0 => None,
+            1 => Some(TimeRange {
+                from: Some(stamp(edge, 0)),
+                to: Some(stamp(edge.saturating_add(3_600), 0)),
+            }),
+            2 => Some(TimeRange {
+                from: Some(stamp(0, i32::try_from(edge % 2_000_000_000).unwrap_or(-1))),
+                to: None,
+            }),
+            _ => Some(TimeRange {
+                from: Some(stamp(1_700_000_000, 0)),
+                to: Some(stamp(edge, 0)),
+            }),
+        };
+        let r = RevenueRequest {
+            tenant_id: tenant_id.clone(),
+            range,
+            granularity: i32::try_from(edge % 5).unwrap_or(0),
+        };
+        assert_no_server_fault("Revenue", &r, &grpc.revenue(r.clone()).await);
+        let r = TopProductsRequest {
+            tenant_id: tenant_id.clone(),
+            range,
+            limit: u32::try_from(edge.unsigned_abs() % 5_000).unwrap_or(0),
+        };
+        assert_no_server_fault("TopProducts", &r, &grpc.top_products(r.clone()).await);
+        let r = SagaOutcomesRequest {
+            tenant_id: tenant_id.clone(),
+            range,
+        };
+        assert_no_server_fault("SagaOutcomes", &r, &grpc.saga_outcomes(r.clone()).await);
+        let r = FunnelRequest {
+            tenant_id: tenant_id.clone(),
+            range,
+        };
+        assert_no_server_fault("Funnel", &r, &grpc.funnel(r.clone()).await);
+        let r = SagaDurationsRequest { tenant_id, range };
+        assert_no_server_fault("SagaDurations", &r, &grpc.saga_durations(r.clone()).await);
+    }
+    app.stop().await;
+}

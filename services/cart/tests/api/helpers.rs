@@ -2,16 +2,22 @@
 
 use std::time::Duration;
 
-pub use shop_cart::domain::Limits;
-use shop_messaging::{kafka::KafkaSettings, testing};
+pub use shop_cart::{domain::Limits, store::CartStore};
+use shop_core::config::RedisSettings;
+use shop_messaging::{
+    kafka::KafkaSettings,
+    testing::{self, CommandChannel},
+    topics,
+};
 use shop_proto::{
     cart::{
-        Cart, CheckoutRequest, CheckoutResponse, GetCartRequest,
+        AddItemRequest, Cart, CheckoutRequest, CheckoutResponse, GetCartRequest,
         cart_service_client::CartServiceClient,
     },
     catalog::{CreateProductRequest, Product, catalog_service_client::CatalogServiceClient},
     common::{Address, Money},
-    order::order_service_client::OrderServiceClient,
+    events::{OrderCancelled, OrderCompleted},
+    order::{GetOrderRequest, order_service_client::OrderServiceClient},
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -30,6 +36,15 @@ fn channel(addr: std::net::SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect_lazy()
+}
+
+/// The cart store on the test Redis, to set up states the API cannot reach.
+pub async fn store() -> CartStore {
+    let client = redis::Client::open(RedisSettings::default().url.as_str()).expect("redis url");
+    let redis = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("redis");
+    CartStore::new(redis, Limits::default())
 }
 
 pub fn session() -> String {
@@ -131,7 +146,33 @@ impl Platform {
             .into_inner()
     }
 
+    pub async fn add(
+        &self,
+        session: &str,
+        sku: &str,
+        quantity: u32,
+    ) -> Result<Cart, tonic::Status> {
+        self.cart
+            .clone()
+            .add_item(AddItemRequest {
+                session_id: session.into(),
+                sku: sku.into(),
+                quantity,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     pub async fn checkout(&self, session: &str) -> Result<CheckoutResponse, tonic::Status> {
+        self.checkout_paying(session, "acc").await
+    }
+
+    /// A checkout of `session` paid from `account` (another account: another request).
+    pub async fn checkout_paying(
+        &self,
+        session: &str,
+        account: &str,
+    ) -> Result<CheckoutResponse, tonic::Status> {
         self.cart
             .clone()
             .checkout(CheckoutRequest {
@@ -146,10 +187,51 @@ impl Platform {
                     country: "DE".into(),
                     ..Default::default()
                 }),
-                payment_account_id: "acc".into(),
+                payment_account_id: account.into(),
             })
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// The order's lines as (sku, quantity), in order.
+    pub async fn order_items(&self, order_id: &str) -> Vec<(String, u32)> {
+        self.order
+            .clone()
+            .get_order(GetOrderRequest {
+                order_id: order_id.into(),
+                min_stream_version: 1,
+            })
+            .await
+            .expect("order")
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|i| (i.sku, i.quantity))
+            .collect()
+    }
+
+    /// Sends the order's end (completed or cancelled) as the order service publishes it.
+    pub async fn end_order(&self, events: &CommandChannel, order_id: &str, completed: bool) {
+        let event = if completed {
+            events.command(
+                topics::types::ORDER_COMPLETED,
+                order_id,
+                &OrderCompleted {
+                    order_id: order_id.into(),
+                    ..Default::default()
+                },
+            )
+        } else {
+            events.command(
+                topics::types::ORDER_CANCELLED,
+                order_id,
+                &OrderCancelled {
+                    order_id: order_id.into(),
+                    reason: "insufficient funds".into(),
+                },
+            )
+        };
+        events.send(&event).await;
     }
 
     /// The cart once `ok` holds (within 30 s).

@@ -1,7 +1,10 @@
 //! The cart against the real Redis and broker, with the real catalog (prices) and order service
 //! (checkout) running beside it, each with its own database and topic namespace.
 
+mod checkout;
+mod fuzz;
 mod helpers;
+mod store;
 
 use std::time::Duration;
 

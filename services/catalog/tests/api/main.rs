@@ -1,5 +1,6 @@
 //! The catalog against the real MongoDB-wire server, Redis, the broker and both search backends.
 
+mod fuzz;
 mod helpers;
 mod products;
 mod search;

@@ -5,3 +5,4 @@ mod commands;
 mod concurrency;
 mod grpc;
 mod helpers;
+mod readiness;

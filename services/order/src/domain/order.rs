@@ -1,7 +1,7 @@
 //! A new order, validated. Money is integer minor units; the total is computed with checked
 //! arithmetic, so an overflowing order is refused rather than wrapped.
 
-use shop_core::ServiceError;
+use shop_core::{ServiceError, fields};
 use shop_proto::{
     common::{Address, LineItem, Money},
     order::PlaceOrderRequest,
@@ -23,30 +23,21 @@ pub struct NewOrder {
     pub fingerprint: String,
 }
 
-fn text(field: &str, value: &str, max: usize) -> Result<String, ServiceError> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err(ServiceError::invalid(field, "is required"));
-    }
-    if v.len() > max {
-        return Err(ServiceError::invalid(
-            field,
-            format!("is longer than {max} characters"),
-        ));
-    }
-    Ok(v.to_owned())
-}
-
 impl NewOrder {
+    /// Validates with the same rules the participants apply later (one layer,
+    /// [`shop_core::fields`]): an order this accepts is one inventory, payment and shipping can
+    /// act on, or refuse only for a business reason (stock, funds, zone).
     pub fn parse(r: &PlaceOrderRequest) -> Result<Self, ServiceError> {
-        let idempotency_key = text("idempotency_key", &r.idempotency_key, 200)?;
-        let tenant_id = text("tenant_id", &r.tenant_id, 64)?;
-        let customer_id = text("customer_id", &r.customer_id, 128)?;
-        let payment_account_id = text("payment_account_id", &r.payment_account_id, 128)?;
-        let shipping_address = r
-            .shipping_address
-            .clone()
-            .ok_or_else(|| ServiceError::invalid("shipping_address", "is required"))?;
+        let idempotency_key = fields::key(
+            "idempotency_key",
+            &r.idempotency_key,
+            fields::MAX_IDEMPOTENCY_KEY,
+        )?;
+        let tenant_id = fields::TenantId::parse("tenant_id", &r.tenant_id)?.into_string();
+        let customer_id = fields::key("customer_id", &r.customer_id, fields::MAX_ID)?;
+        let payment_account_id =
+            fields::key("payment_account_id", &r.payment_account_id, fields::MAX_ID)?;
+        let shipping_address = fields::address("shipping_address", r.shipping_address.as_ref())?;
         if r.items.is_empty() {
             return Err(ServiceError::invalid("items", "must not be empty"));
         }
@@ -56,55 +47,35 @@ impl NewOrder {
                 format!("has more than {MAX_LINES} lines"),
             ));
         }
-        let mut currency: Option<String> = None;
+        let mut currency: Option<fields::Currency> = None;
         let mut total: i64 = 0;
         let mut items = Vec::with_capacity(r.items.len());
         for (i, item) in r.items.iter().enumerate() {
-            let sku = text(&format!("items[{i}].sku"), &item.sku, 64)?;
-            if item.quantity == 0 || item.quantity > MAX_QUANTITY {
-                return Err(ServiceError::invalid(
-                    format!("items[{i}].quantity"),
-                    format!("must be 1 to {MAX_QUANTITY}"),
-                ));
-            }
-            let price = item.unit_price.as_ref().ok_or_else(|| {
-                ServiceError::invalid(format!("items[{i}].unit_price"), "is required")
-            })?;
-            if price.amount_minor < 0 {
-                return Err(ServiceError::invalid(
-                    format!("items[{i}].unit_price.amount_minor"),
-                    "must not be negative",
-                ));
-            }
-            if price.currency.len() != 3 || !price.currency.chars().all(|c| c.is_ascii_uppercase())
-            {
-                return Err(ServiceError::invalid(
-                    format!("items[{i}].unit_price.currency"),
-                    "must be a 3-letter ISO 4217 code, e.g. USD",
-                ));
-            }
-            match &currency {
-                None => currency = Some(price.currency.clone()),
-                Some(c) if *c != price.currency => {
+            let line = fields::Line::parse(&format!("items[{i}]"), item, MAX_QUANTITY)?;
+            let price = line.unit_price;
+            match currency {
+                None => currency = Some(price.currency),
+                Some(c) if c != price.currency => {
                     return Err(ServiceError::invalid(
                         format!("items[{i}].unit_price.currency"),
-                        format!("differs from the order's currency {c}"),
+                        format!("differs from the order's currency {}", c.as_str()),
                     ));
                 }
                 Some(_) => {}
             }
+            // Payment charges at most MAX_AMOUNT: a larger order could never be paid.
             total = price
-                .amount_minor
-                .checked_mul(i64::from(item.quantity))
+                .minor
+                .checked_mul(i64::from(line.quantity))
                 .and_then(|line| total.checked_add(line))
+                .filter(|t| *t <= fields::MAX_AMOUNT)
                 .ok_or_else(|| {
-                    ServiceError::invalid(format!("items[{i}]"), "the order total overflows")
+                    ServiceError::invalid(
+                        format!("items[{i}]"),
+                        format!("the order total exceeds {} minor units", fields::MAX_AMOUNT),
+                    )
                 })?;
-            items.push(LineItem {
-                sku,
-                quantity: item.quantity,
-                unit_price: Some(price.clone()),
-            });
+            items.push(line.to_proto());
         }
         let fingerprint = fingerprint(&prost::Message::encode_to_vec(r));
         Ok(Self {
@@ -114,7 +85,7 @@ impl NewOrder {
             items,
             total: Money {
                 amount_minor: total,
-                currency: currency.unwrap_or_default(),
+                currency: currency.map(|c| c.as_str().to_owned()).unwrap_or_default(),
             },
             shipping_address,
             payment_account_id,
@@ -161,8 +132,12 @@ mod tests {
                 },
             ],
             shipping_address: Some(Address {
+                name: "Ada".into(),
+                line1: "1 Main St".into(),
+                line2: String::new(),
+                city: "Berlin".into(),
+                postal_code: "10115".into(),
                 country: "DE".into(),
-                ..Default::default()
             }),
             payment_account_id: "acc".into(),
         }
@@ -200,13 +175,43 @@ mod tests {
         assert_eq!(field(r), "items[1].unit_price.currency");
         let mut r = request();
         r.items[0].unit_price = Some(Money {
-            amount_minor: i64::MAX,
+            amount_minor: fields::MAX_AMOUNT,
             currency: "USD".into(),
         });
         assert_eq!(field(r), "items[0]");
         let mut r = request();
         r.shipping_address = None;
         assert_eq!(field(r), "shipping_address");
+    }
+
+    /// What review and outside testing sent: each used to be accepted (or reach PostgreSQL and
+    /// come back INTERNAL) and is now refused at the edge with the participants' own rules.
+    #[test]
+    fn requests_a_participant_would_refuse_later_are_refused_at_the_edge() {
+        let field = |r: PlaceOrderRequest| match NewOrder::parse(&r).unwrap_err() {
+            ServiceError::InvalidArgument { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        let mut r = request();
+        r.items[0].unit_price.as_mut().unwrap().amount_minor = 0;
+        assert_eq!(field(r), "items[0].unit_price.amount_minor");
+        for country in ["", "DEU", "de"] {
+            let mut r = request();
+            r.shipping_address.as_mut().unwrap().country = country.into();
+            assert_eq!(field(r), "shipping_address.country");
+        }
+        let mut r = request();
+        r.items[1].sku = "b/1".into();
+        assert_eq!(field(r), "items[1].sku");
+        let mut r = request();
+        r.customer_id = "c\0".into();
+        assert_eq!(field(r), "customer_id");
+        let mut r = request();
+        r.shipping_address.as_mut().unwrap().line1 = "x".repeat(1 << 20);
+        assert_eq!(field(r), "shipping_address.line1");
+        let mut r = request();
+        r.tenant_id = "t".repeat(1 << 20);
+        assert_eq!(field(r), "tenant_id");
     }
 
     #[test]

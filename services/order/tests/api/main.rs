@@ -3,5 +3,6 @@
 
 mod crash;
 mod event_sourcing;
+mod fuzz;
 mod helpers;
 mod saga;

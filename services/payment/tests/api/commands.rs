@@ -147,7 +147,8 @@ async fn concurrent_charges_on_one_account_never_overdraw_it() {
             tokio::spawn(async move {
                 let amount = Money {
                     minor: 100,
-                    currency: *b"USD",
+                    currency: shop_payment::domain::Currency::parse("currency", "USD")
+                        .expect("USD"),
                 };
                 let mut tx = pool.begin().await.expect("begin");
                 let outcome = repository::charge(&mut tx, &format!("race-{i}"), "acc-5", amount)

@@ -64,7 +64,7 @@ async fn movements_are_listed_in_pages() {
         let mut tx = app.pool.begin().await.expect("begin");
         let amount = domain::Money {
             minor: 10,
-            currency: *b"USD",
+            currency: shop_payment::domain::Currency::parse("currency", "USD").expect("USD"),
         };
         repository::charge(&mut tx, &format!("p-{i}"), "acc-p", amount)
             .await

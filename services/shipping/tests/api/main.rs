@@ -247,3 +247,35 @@ async fn address_validation_names_the_field() {
     assert_eq!(err.code(), Code::NotFound);
     app.stop().await;
 }
+
+/// Hostile requests (NUL bytes, megabyte strings, missing parts) are refused or answered, never
+/// INTERNAL: a NUL in an order id used to reach PostgreSQL and come back as INTERNAL.
+#[tokio::test]
+async fn no_request_is_answered_with_a_server_fault() {
+    use shop_fields::arbitrary::{self, assert_no_server_fault, sample};
+    let app = spawn_app().await;
+    let mut grpc = app.grpc.clone();
+    let ids = sample(arbitrary::string(), 150, 21);
+    let addresses = sample(arbitrary::address(), 150, 22);
+    for (i, (id, address)) in ids.into_iter().zip(addresses).enumerate() {
+        let r = if i % 2 == 0 {
+            GetShipmentRequest {
+                shipment_id: String::new(),
+                order_id: id,
+            }
+        } else {
+            GetShipmentRequest {
+                shipment_id: id,
+                order_id: String::new(),
+            }
+        };
+        assert_no_server_fault("GetShipment", &r, &grpc.get_shipment(r.clone()).await);
+        let r = ValidateAddressRequest { address };
+        assert_no_server_fault(
+            "ValidateAddress",
+            &r,
+            &grpc.validate_address(r.clone()).await,
+        );
+    }
+    app.stop().await;
+}

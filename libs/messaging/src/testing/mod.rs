@@ -13,6 +13,10 @@ use rdkafka::{
 use shop_core::config::{DatabaseSettings, ServerSettings};
 use sqlx::{PgPool, postgres::PgConnectOptions};
 
+mod broker;
+
+pub use broker::{PrivateBroker, free_port};
+
 use crate::{NewEvent, envelope::EventEnvelope, kafka::KafkaSettings, service::PgServiceSettings};
 
 /// The PostgreSQL server tests use (`SHOP_TEST_PG_URL`, default: the native stack's).
