@@ -613,22 +613,33 @@ impl<H: Handler> Inbox<H> {
             .send(record, Duration::from_secs(30))
             .await
             .map_err(|(e, _)| anyhow::anyhow!("dead-letter publish to {topic} failed: {e}"))?;
-        if let Some((env, event_id)) = envelope {
-            sqlx::query(
-                "INSERT INTO inbox (consumer, event_id, event_type, topic, kafka_partition, kafka_offset, outcome)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'dead_lettered')
-                 ON CONFLICT (consumer, event_id) DO NOTHING",
-            )
-            .bind(&self.config.consumer)
-            .bind(event_id)
-            .bind(&env.event_type)
-            .bind(msg.topic())
-            .bind(msg.partition())
-            .bind(msg.offset())
-            .execute(&self.pool)
-            .await
-            .context("record dead-lettered message")?;
-        }
+        // An undecodable message has no event id of its own: it is recorded under one derived
+        // from where it was read, so every dead letter is in the inbox (and `shopctl` shows it).
+        let (event_id, event_type) = match envelope {
+            Some((env, id)) => (id, env.event_type.as_str()),
+            None => (
+                uuid::Uuid::new_v5(
+                    &uuid::Uuid::NAMESPACE_OID,
+                    format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()).as_bytes(),
+                ),
+                "(undecodable)",
+            ),
+        };
+        sqlx::query(
+            "INSERT INTO inbox (consumer, event_id, event_type, topic, kafka_partition, kafka_offset, outcome, error)
+             VALUES ($1, $2, $3, $4, $5, $6, 'dead_lettered', $7)
+             ON CONFLICT (consumer, event_id) DO NOTHING",
+        )
+        .bind(&self.config.consumer)
+        .bind(event_id)
+        .bind(event_type)
+        .bind(msg.topic())
+        .bind(msg.partition())
+        .bind(msg.offset())
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .context("record dead-lettered message")?;
         tracing::error!(
             consumer = %self.config.consumer,
             topic = %msg.topic(),
@@ -651,4 +662,35 @@ impl<H: Handler> Inbox<H> {
         .await?
         .rows_affected())
     }
+}
+
+/// A message a consumer refused for good (its copy is on `<topic>.dlq`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub consumer: String,
+    pub topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub event_type: String,
+    pub error: Option<String>,
+    pub processed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The latest dead letters of this database's consumers (at most `limit`), and how many in all.
+pub async fn dead_letters(
+    pool: &sqlx::PgPool,
+    limit: i64,
+) -> Result<(i64, Vec<DeadLetter>), sqlx::Error> {
+    let (total,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM inbox WHERE outcome = 'dead_lettered'")
+            .fetch_one(pool)
+            .await?;
+    let latest = sqlx::query_as(
+        "SELECT consumer, topic, kafka_partition, kafka_offset, event_type, error, processed_at
+         FROM inbox WHERE outcome = 'dead_lettered' ORDER BY processed_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok((total, latest))
 }

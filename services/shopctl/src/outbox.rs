@@ -1,6 +1,7 @@
 //! `shopctl outbox list|redrive`: the rows a relay parked because the broker refuses them for
 //! good (too large, unknown topic, not authorised), and putting them back in line once the
-//! cause is fixed. Reads each PostgreSQL service's own database.
+//! cause is fixed; beside them, the messages the consumers dead-lettered. Reads each
+//! PostgreSQL service's own database.
 
 use std::str::FromStr;
 
@@ -13,7 +14,7 @@ pub const PG_SERVICES: &[&str] = &["order", "payment", "inventory", "shipping"];
 
 #[derive(Subcommand)]
 pub enum OutboxCmd {
-    /// Parked rows and the backlog, per service.
+    /// Parked rows, the backlog and the latest dead letters, per service.
     List(ListArgs),
     /// Put parked rows back in line: the relay tries them again, and the rows of their keys
     /// that waited behind them follow in order.
@@ -79,15 +80,18 @@ pub async fn run(dbs: &Databases, cmd: OutboxCmd) -> anyhow::Result<()> {
                 let pool = service_pool(dbs, service).await?;
                 let backlog = shop_messaging::outbox::backlog(&pool).await?;
                 let parked = shop_messaging::outbox::parked(&pool, 1000).await?;
+                let (dead_total, dead) = shop_messaging::inbox::dead_letters(&pool, 20).await?;
                 report.push(serde_json::json!({
                     "service": service,
                     "pending": backlog.pending,
                     "oldest_age_seconds": backlog.oldest_age_seconds,
                     "parked": parked,
+                    "dead_letters": dead_total,
+                    "latest_dead_letters": dead,
                 }));
                 if !args.json {
                     println!(
-                        "{service:<10} pending {:>6}  oldest {:>7.1} s  parked {}",
+                        "{service:<10} pending {:>6}  oldest {:>7.1} s  parked {}  dead letters {dead_total}",
                         backlog.pending,
                         backlog.oldest_age_seconds,
                         parked.len()
@@ -103,6 +107,17 @@ pub async fn run(dbs: &Databases, cmd: OutboxCmd) -> anyhow::Result<()> {
                             p.attempts,
                             p.waiting_behind,
                             p.last_error.as_deref().unwrap_or_default()
+                        );
+                    }
+                    for d in &dead {
+                        println!(
+                            "  dead letter {} {}[{}]@{} {}: {}",
+                            d.consumer,
+                            d.topic,
+                            d.kafka_partition,
+                            d.kafka_offset,
+                            d.event_type,
+                            d.error.as_deref().unwrap_or_default()
                         );
                     }
                 }

@@ -1,0 +1,266 @@
+//! The whole platform as real processes (the seven service binaries), with databases, topic
+//! prefix, Mongo database, search index and ClickHouse database of its own, on free ports and a
+//! private Kafka broker, so the fault matrix can SIGKILL any part of it and start it again.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use shop_messaging::testing::{PrivateBroker, free_port};
+use tokio::process::{Child, Command};
+
+pub const SERVICES: &[&str] = &[
+    "order",
+    "payment",
+    "inventory",
+    "shipping",
+    "catalog",
+    "cart",
+    "analytics",
+];
+/// The services whose outbox relay has the exit-after-publish hook (the PostgreSQL relay).
+pub const RELAY_SERVICES: &[&str] = &["order", "payment", "inventory", "shipping"];
+/// Each PostgreSQL consumer's group (= its inbox's name), without the run's prefix.
+pub const PG_GROUPS: &[(&str, &str)] = &[
+    ("order", "order-saga"),
+    ("payment", "payment"),
+    ("inventory", "inventory"),
+    ("shipping", "shipping"),
+];
+pub const PG_URL: &str = "postgres://shop:shop@127.0.0.1:5432/postgres";
+
+pub struct Platform {
+    /// Prefix of everything this platform owns (databases, topics, index).
+    pub run: String,
+    pub broker: PrivateBroker,
+    grpc: BTreeMap<&'static str, u16>,
+    env: BTreeMap<&'static str, Vec<(String, String)>>,
+    children: BTreeMap<&'static str, Child>,
+    bin: PathBuf,
+    logs: PathBuf,
+}
+
+/// The directory of the workspace's binaries (shopctl's own test binary sits in `deps/`).
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shopctl"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf()
+}
+
+impl Platform {
+    /// Starts every service; `extra` adds settings (or fault hooks) per service.
+    pub async fn start(extra: &[(&'static str, &str, &str)]) -> Self {
+        let run = format!("f{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let broker = PrivateBroker::start().await;
+        let logs = std::env::temp_dir().join(format!("shop-faults-{run}"));
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let grpc: BTreeMap<&'static str, u16> =
+            SERVICES.iter().map(|s| (*s, free_port())).collect();
+        let mut env = BTreeMap::new();
+        for s in SERVICES {
+            let mut e = vec![
+                ("SHOP__SERVER__GRPC_PORT".into(), grpc[s].to_string()),
+                ("SHOP__SERVER__METRICS_PORT".into(), free_port().to_string()),
+                (
+                    "SHOP__KAFKA__BROKERS".into(),
+                    format!("127.0.0.1:{}", broker.port),
+                ),
+                ("SHOP__KAFKA__TOPIC_PREFIX".into(), format!("{run}.")),
+                (
+                    "SHOP__DATABASE__URL".into(),
+                    format!("postgres://shop:shop@127.0.0.1:5432/{run}_{s}"),
+                ),
+                ("SHOP__MONGO__DATABASE".into(), format!("{run}_catalog")),
+                ("SHOP__SEARCH__INDEX".into(), format!("{run}-products")),
+                (
+                    "SHOP__CLICKHOUSE__DATABASE".into(),
+                    format!("{run}_analytics"),
+                ),
+                (
+                    "SHOP__CATALOG_URL".into(),
+                    format!("http://127.0.0.1:{}", grpc["catalog"]),
+                ),
+                (
+                    "SHOP__ORDER_URL".into(),
+                    format!("http://127.0.0.1:{}", grpc["order"]),
+                ),
+                // Quick saga timeouts: the faults' retries and compensations run in seconds.
+                ("SHOP__SAGA__SHIP_TIMEOUT_MS".into(), "3000".into()),
+                ("RUST_LOG".into(), "info".into()),
+            ];
+            for (svc, k, v) in extra {
+                if svc == s {
+                    e.push(((*k).to_owned(), (*v).to_owned()));
+                }
+            }
+            env.insert(*s, e);
+        }
+        let mut p = Self {
+            run,
+            broker,
+            grpc,
+            env,
+            children: BTreeMap::new(),
+            bin: bin_dir(),
+            logs,
+        };
+        for s in SERVICES {
+            p.spawn(s);
+        }
+        for s in SERVICES {
+            p.wait_listening(s).await;
+        }
+        p
+    }
+
+    pub fn url(&self, service: &str) -> String {
+        format!("http://127.0.0.1:{}", self.grpc[service])
+    }
+
+    fn spawn(&mut self, service: &'static str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{service}.log")))
+            .expect("log file");
+        let child = Command::new(self.bin.join(format!("shop-{service}")))
+            .envs(self.env[service].iter().cloned())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start shop-{service} from {} ({e}); `cargo build --workspace` builds it",
+                    self.bin.display()
+                )
+            });
+        self.children.insert(service, child);
+    }
+
+    async fn wait_listening(&mut self, service: &'static str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = format!("127.0.0.1:{}", self.grpc[service]);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            let exited = self
+                .children
+                .get_mut(service)
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "{service} did not start ({exited:?}); its log: {}",
+                self.logs.join(format!("{service}.log")).display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The private broker's settings, with this platform's topic prefix.
+    pub fn kafka(&self) -> shop_messaging::kafka::KafkaSettings {
+        shop_messaging::kafka::KafkaSettings {
+            topic_prefix: format!("{}.", self.run),
+            client_id: "fault-matrix".into(),
+            ..self.broker.settings()
+        }
+    }
+
+    /// SIGTERM, and wait: the service drains and its consumers leave their groups.
+    pub async fn terminate(&mut self, service: &'static str) {
+        if let Some(mut child) = self.children.remove(service) {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_secs(20), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub async fn kill(&mut self, service: &'static str) {
+        if let Some(mut child) = self.children.remove(service) {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Waits for a service to end by itself (a fault hook that exits), up to `within`.
+    pub async fn exited(&mut self, service: &'static str, within: Duration) -> bool {
+        let Some(child) = self.children.get_mut(service) else {
+            return true;
+        };
+        let ended = tokio::time::timeout(within, child.wait()).await.is_ok();
+        if ended {
+            self.children.remove(service);
+        }
+        ended
+    }
+
+    /// Starts `service` again (SIGKILLing it first if it runs), with `changes` to its settings
+    /// (a removed hook: value "").
+    pub async fn restart(&mut self, service: &'static str, changes: &[(&str, &str)]) {
+        self.kill(service).await;
+        let env = self.env.get_mut(service).expect("service");
+        for (k, v) in changes {
+            env.retain(|(key, _)| key != k);
+            if !v.is_empty() {
+                env.push(((*k).to_owned(), (*v).to_owned()));
+            }
+        }
+        self.spawn(service);
+        self.wait_listening(service).await;
+    }
+
+    /// `shopctl check` on this platform's stores for `tenant`: (passed, its JSON report).
+    pub async fn check(&self, tenant: &str) -> (bool, serde_json::Value) {
+        let out = Command::new(self.bin.join("shopctl"))
+            .args([
+                "check",
+                "--json",
+                "--confirm-after",
+                "3",
+                "--tenant",
+                tenant,
+            ])
+            .args(["--catalog-database", &format!("{}_catalog", self.run)])
+            .args(["--search-index", &format!("{}-products", self.run)])
+            .args(["--analytics-database", &format!("{}_analytics", self.run)])
+            .env("SHOP_DB_PREFIX", format!("{}_", self.run))
+            .env("SHOP_PG_URL", PG_URL)
+            .output()
+            .await
+            .expect("run shopctl check");
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            serde_json::json!({
+                "error": String::from_utf8_lossy(&out.stderr).chars().take(2000).collect::<String>()
+            })
+        });
+        (out.status.success(), report)
+    }
+
+    /// Stops every service and drops what the platform created.
+    pub async fn stop(mut self) {
+        for s in SERVICES {
+            self.kill(s).await;
+        }
+        let pool = sqlx::PgPool::connect(PG_URL).await.expect("postgres");
+        for s in ["order", "payment", "inventory", "shipping"] {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {}_{s} WITH (FORCE)",
+                self.run
+            ))
+            .execute(&pool)
+            .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
