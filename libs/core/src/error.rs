@@ -23,6 +23,10 @@ pub enum ServiceError {
     /// A dependency is down; the caller may retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// A bounded resource (e.g. a queue of unpublished changes) is full; the caller may retry
+    /// once it has drained.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -42,6 +46,7 @@ impl ServiceError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Conflict(_) => Code::Aborted,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -96,6 +101,13 @@ mod tests {
             status.message(),
             "invalid items[0].quantity: must be at least 1"
         );
+    }
+
+    #[test]
+    fn resource_exhausted_keeps_its_message() {
+        let status: Status = ServiceError::ResourceExhausted("queue x is full".into()).into();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "queue x is full");
     }
 
     #[test]

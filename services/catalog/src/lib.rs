@@ -6,8 +6,9 @@
 //! - [`domain`]: a product, validated (price in minor units).
 //! - [`store`]: products in MongoDB with versioned updates and the outbox inside each document
 //!   (one atomic single-document write), and the relay that publishes it to Kafka.
-//! - [`search`]: the search interface and its two backends, tantivy (embedded, the default here)
-//!   and Elasticsearch.
+//! - [`search`]: the search interface and its two backends, the Elasticsearch API (OpenSearch,
+//!   the default) and tantivy (embedded; a consumer group of the feed per replica, since each
+//!   replica has an index of its own: [`search_feed_group`]).
 //! - [`recommend`]: "bought together" scores in Redis, counted once per order.
 //! - [`feed`]: the consumers that keep search and recommendations up to date from events.
 //! - [`grpc`]: create / update (optimistic on `expected_version`) / get, search, recommendations.
@@ -61,6 +62,15 @@ pub struct SearchSettings {
     /// The search server's URL (`SHOP__SEARCH__URL`, as compose and Helm set it) and index.
     pub url: String,
     pub index: String,
+    /// `SHOP__SEARCH__REPLICA_ID`, the embedded backend only: names this replica's consumer
+    /// group of the search feed (`<prefix>catalog-search-<replica id>`), because an index per
+    /// replica needs every partition (one shared group would give each replica only some).
+    /// Unset: with an index on disk, an id kept in the index directory ([`REPLICA_ID_FILE`],
+    /// made once), so the group's offsets always belong to that index (a wiped directory gets a
+    /// new group that reads everything again); in memory, a fresh id per start (the index is
+    /// empty, so it must read everything). Set, with an index in memory, it is the group's
+    /// prefix and a fresh id follows it, for the same reason. Letters, digits, `.`, `_`, `-`.
+    pub replica_id: String,
 }
 
 impl Default for SearchSettings {
@@ -70,6 +80,7 @@ impl Default for SearchSettings {
             dir: ".stack/catalog-index".into(),
             url: "http://127.0.0.1:9200".into(),
             index: "products".into(),
+            replica_id: String::new(),
         }
     }
 }
@@ -111,6 +122,71 @@ pub async fn search_backend(s: &SearchSettings) -> anyhow::Result<Arc<dyn search
     })
 }
 
+/// The file in the embedded index's directory that keeps its replica id.
+pub const REPLICA_ID_FILE: &str = "catalog-replica-id";
+
+fn fresh_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn checked_replica_id(id: &str, from: &str) -> anyhow::Result<String> {
+    let id = id.trim();
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    anyhow::ensure!(
+        ok,
+        "{from}: replica id {id:?} must be 1-128 letters, digits, '.', '_' or '-'"
+    );
+    Ok(id.to_owned())
+}
+
+/// The embedded index's replica id (see [`SearchSettings::replica_id`]). Called after the
+/// index is open: its writer lock keeps a second process off the directory, and so off the
+/// id file.
+pub fn replica_id(s: &SearchSettings) -> anyhow::Result<String> {
+    let set = (!s.replica_id.trim().is_empty())
+        .then(|| checked_replica_id(&s.replica_id, "SHOP__SEARCH__REPLICA_ID"))
+        .transpose()?;
+    if s.dir.is_empty() {
+        return Ok(match set {
+            Some(id) => format!("{id}-{}", fresh_id()),
+            None => fresh_id(),
+        });
+    }
+    if let Some(id) = set {
+        return Ok(id);
+    }
+    let path = std::path::Path::new(&s.dir).join(REPLICA_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) => checked_replica_id(&id, &path.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = fresh_id();
+            // Written whole, then renamed into place: never a half-written id.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{id}\n"))
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The search feed's consumer group. One shared index (`elasticsearch`): one group, the
+/// replicas share the partitions and the work. An index per replica (`embedded`): a group per
+/// replica, so each reads every partition, from the earliest offset when the group is new
+/// (`auto.offset.reset=earliest`, [`KafkaSettings::consumer_config`]).
+pub fn search_feed_group(kafka: &KafkaSettings, s: &SearchSettings) -> anyhow::Result<String> {
+    let shared = format!("{}catalog-search", kafka.topic_prefix);
+    Ok(match s.backend.as_str() {
+        "embedded" => format!("{shared}-{}", replica_id(s)?),
+        _ => shared,
+    })
+}
+
 pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
@@ -126,15 +202,14 @@ pub async fn build(
     let products = mongo
         .database(&settings.mongo.database)
         .collection::<mongodb::bson::Document>("products");
-    let store = store::ProductStore {
-        products: products.clone(),
-    };
+    let store = store::ProductStore::new(products.clone());
     let redis =
         redis::aio::ConnectionManager::new(redis::Client::open(settings.redis.url.as_str())?)
             .await?;
     let recommendations = recommend::Recommendations::new(redis.clone(), &kafka.topic_prefix);
     let search = search_backend(&settings.search).await?;
-    tracing::info!(backend = search.name(), "search backend ready");
+    let search_group = search_feed_group(kafka, &settings.search)?;
+    tracing::info!(backend = search.name(), group = %search_group, "search backend ready");
     let catalog = grpc::Catalog {
         store: store.clone(),
         search: search.clone(),
@@ -187,17 +262,17 @@ pub async fn build(
     app.spawn(
         store::OutboxRelay {
             products,
+            locks: store.locks.clone(),
             producer: kafka.producer(Duration::from_secs(30))?,
             poll: Duration::from_millis(settings.relay_poll_ms),
         }
         .run(shutdown.clone()),
     );
     let (k, stop) = (kafka.clone(), shutdown.clone());
-    let group = format!("{}catalog-search", kafka.topic_prefix);
     app.spawn(async move {
         shop_messaging::consumer::run(
             &k,
-            &group,
+            &search_group,
             &[&catalog_events, &inventory_events],
             stop,
             |e| {
@@ -217,4 +292,67 @@ pub async fn build(
         .await
     });
     Ok(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embedded(dir: &str, replica_id: &str) -> SearchSettings {
+        SearchSettings {
+            backend: "embedded".into(),
+            dir: dir.into(),
+            replica_id: replica_id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn kafka() -> KafkaSettings {
+        KafkaSettings {
+            topic_prefix: "env.".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_shared_index_has_one_group_and_every_embedded_index_its_own() {
+        let shared = search_feed_group(&kafka(), &SearchSettings::default()).unwrap();
+        assert_eq!(shared, "env.catalog-search");
+        // In memory: a new group on every start (the index starts empty).
+        let (a, b) = (
+            search_feed_group(&kafka(), &embedded("", "")).unwrap(),
+            search_feed_group(&kafka(), &embedded("", "")).unwrap(),
+        );
+        assert!(a.starts_with("env.catalog-search-"), "{a}");
+        assert_ne!(a, b);
+        let named = search_feed_group(&kafka(), &embedded("", "pod-1")).unwrap();
+        assert!(named.starts_with("env.catalog-search-pod-1-"), "{named}");
+        assert_ne!(
+            named,
+            search_feed_group(&kafka(), &embedded("", "pod-1")).unwrap()
+        );
+        assert!(search_feed_group(&kafka(), &embedded("", "no spaces")).is_err());
+    }
+
+    #[test]
+    fn an_index_on_disk_keeps_its_replica_id() {
+        let dir = std::env::temp_dir().join(format!("catalog-replica-{}", fresh_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = embedded(dir.to_str().unwrap(), "");
+        let first = search_feed_group(&kafka(), &s).unwrap();
+        assert_eq!(search_feed_group(&kafka(), &s).unwrap(), first);
+        let id = std::fs::read_to_string(dir.join(REPLICA_ID_FILE)).unwrap();
+        assert_eq!(first, format!("env.catalog-search-{}", id.trim()));
+        // Set explicitly, it wins.
+        let set = embedded(dir.to_str().unwrap(), "catalog-0");
+        assert_eq!(
+            search_feed_group(&kafka(), &set).unwrap(),
+            "env.catalog-search-catalog-0"
+        );
+        // A wiped directory is a new index: a new group, which reads everything again.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_ne!(search_feed_group(&kafka(), &s).unwrap(), first);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

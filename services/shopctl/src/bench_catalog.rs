@@ -128,9 +128,7 @@ pub async fn run(
     .await?;
 
     // The catalog's store: the same chains through ProductStore, events included.
-    let store = Arc::new(ProductStore {
-        products: db.collection("products"),
-    });
+    let store = Arc::new(ProductStore::new(db.collection("products")));
     let catalog_rate = drive(products, concurrency, |n| {
         let store = store.clone();
         async move {

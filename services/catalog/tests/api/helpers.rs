@@ -1,6 +1,7 @@
 //! `spawn_catalog()`: the catalog service on a free port with a database, topic namespace and
 //! Redis key prefix of its own, and a search index of its own on the native stack's OpenSearch
-//! (deleted by `stop`).
+//! (deleted by `stop`). `catalog_settings()` and `spawn_catalog_with()` start several instances
+//! on the same settings (replicas: same database, same topics).
 
 use shop_messaging::testing;
 use shop_proto::{
@@ -17,9 +18,14 @@ pub struct Catalog {
 }
 
 pub async fn spawn_catalog() -> Catalog {
+    spawn_catalog_with(catalog_settings()).await
+}
+
+/// The settings `spawn_catalog()` uses: a database, topic prefix and search index of their own.
+pub fn catalog_settings() -> shop_catalog::Settings {
     let base = testing::service_settings("catalog");
     let id = &uuid::Uuid::now_v7().simple().to_string()[20..];
-    let settings = shop_catalog::Settings {
+    shop_catalog::Settings {
         // Port 0 (the default): free ports.
         server: shop_core::config::ServerSettings::default(),
         kafka: base.kafka.clone(),
@@ -33,7 +39,11 @@ pub async fn spawn_catalog() -> Catalog {
         },
         relay_poll_ms: 50,
         ..Default::default()
-    };
+    }
+}
+
+/// A catalog on `settings` (spawned twice on the same settings: two replicas).
+pub async fn spawn_catalog_with(settings: shop_catalog::Settings) -> Catalog {
     let stop = CancellationToken::new();
     let app = shop_catalog::build(&settings, stop.clone())
         .await

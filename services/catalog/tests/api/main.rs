@@ -2,6 +2,8 @@
 
 mod fuzz;
 mod helpers;
+mod outbox;
 mod products;
+mod replicas;
 mod search;
 mod wire;

@@ -111,13 +111,26 @@ async fn versioned_updates_conflict_and_every_change_reaches_kafka_in_order() {
         .expect_err("no version");
     assert!(no_version.message().contains("expected_version"));
 
-    // Both changes were relayed from the documents' outbox, in order.
-    let first = events.next_about("mug-1", &[]).await;
-    let second = events.next_about("mug-1", &[]).await;
+    // Both changes were relayed from the documents' outbox, in order. At least once: a round
+    // that published v1 while the update pushed v2 cannot clear what it read, and sends v1
+    // again with v2 (consumers keep the highest version), so copies may come between them.
     let v = |e: &shop_messaging::EventEnvelope| {
         ProductChanged::decode(e.payload.as_slice()).expect("decode")
     };
-    assert_eq!((v(&first).version, v(&second).version), (1, 2));
+    let mut versions = Vec::new();
+    let second = loop {
+        let e = events.next_about("mug-1", &[]).await;
+        versions.push(v(&e).version);
+        if v(&e).version == 2 || versions.len() > 10 {
+            break e;
+        }
+    };
+    assert_eq!(versions.first(), Some(&1), "{versions:?}");
+    assert_eq!(versions.last(), Some(&2), "{versions:?}");
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {versions:?}"
+    );
     assert_eq!(v(&second).price.expect("price").amount_minor, 1100);
     c.stop().await;
 }

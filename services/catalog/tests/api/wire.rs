@@ -85,3 +85,41 @@ async fn a_duplicate_id_is_error_11000_and_a_versioned_filter_matches_only_its_v
     assert!(stale.is_none(), "a stale version matches nothing");
     db.drop().await.expect("drop");
 }
+
+/// The outbox's bound (`store::outbox_has_room`): `{"a.<i>": {"$exists": false}}` matches an
+/// array with no element at position `i` (shorter than `i + 1`), and a missing array.
+#[tokio::test]
+async fn an_array_position_that_does_not_exist_matches_only_shorter_arrays() {
+    let (db, c) = scratch().await;
+    c.insert_many([
+        doc! { "_id": 2, "a": ["x", "y"] },
+        doc! { "_id": 3, "a": ["x", "y", "z"] },
+        doc! { "_id": 0, "a": [] },
+        doc! { "_id": -1 },
+    ])
+    .await
+    .expect("insert");
+    let mut room: Vec<i32> = futures::TryStreamExt::try_collect::<Vec<Document>>(
+        c.find(doc! { "a.2": { "$exists": false } })
+            .await
+            .expect("find"),
+    )
+    .await
+    .expect("documents")
+    .iter()
+    .map(|d| d.get_i32("_id").expect("id"))
+    .collect();
+    room.sort();
+    assert_eq!(room, [-1, 0, 2]);
+    // In an update's filter, with a push: the third element goes in, a fourth does not.
+    let push = |id: i32| {
+        c.find_one_and_update(
+            doc! { "_id": id, "a.2": { "$exists": false } },
+            doc! { "$push": { "a": "new" } },
+        )
+    };
+    assert!(push(2).await.expect("push").is_some());
+    assert!(push(2).await.expect("push").is_none(), "full at three");
+    assert!(push(3).await.expect("push").is_none(), "full at three");
+    db.drop().await.expect("drop");
+}

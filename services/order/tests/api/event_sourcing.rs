@@ -366,7 +366,7 @@ async fn read_models_follow_the_sagas_rebuild_to_the_same_rows_and_ignore_redeli
     .expect("events");
     assert!(all.len() > 20);
     for e in all.iter().chain(all.iter().rev()) {
-        projection::apply(&mut conn, generation, e)
+        projection::refresh(&mut conn, generation, e.stream_id)
             .await
             .expect("apply again");
     }
@@ -516,4 +516,79 @@ async fn a_stalled_projection_still_gives_the_writer_its_write_and_audits_read_t
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("version"));
     p.stop().await;
+}
+
+/// The projection meets events in `(tx, position)` order, which is not always a stream's
+/// version order (a transaction can take its id before another commits, then append the next
+/// version). It used to apply events one by one behind a `version <` guard, so a version met
+/// after a later one was skipped for good: here the order stayed PENDING though it completed.
+#[tokio::test]
+async fn an_event_met_after_a_later_version_of_its_stream_still_counts() {
+    let (pool, settings) = scratch_store().await;
+    let id = Uuid::now_v7();
+    let v1: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/order_placed_v1.json")).expect("fixture");
+    // v2 (completed) committed with a larger transaction id than v3 (a saga fact).
+    for (version, tx, event_type, payload) in [
+        (1, 10, "order_placed", v1),
+        (2, 30, "order_completed", json!({})),
+        (
+            3,
+            20,
+            "saga_retried",
+            json!({ "attempt": 2, "cause": "test" }),
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (stream_id, version, tx, event_type, schema_version, payload)
+             VALUES ($1, $2, $3, $4, 1, $5)",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(tx)
+        .bind(event_type)
+        .bind(&payload)
+        .execute(&pool)
+        .await
+        .expect("event");
+    }
+    projection::catch_up(&pool).await.expect("project");
+    let mut conn = pool.acquire().await.expect("conn");
+    let row = projection::summary(&mut conn, id)
+        .await
+        .expect("read")
+        .expect("projected");
+    assert_eq!((row.status.as_str(), row.version), ("COMPLETED", 3));
+    drop(conn);
+    pool.close().await;
+    testing::drop_database(&settings).await;
+}
+
+/// A rebuild whose caller goes away (its future dropped mid-way) used to return its pooled
+/// connection with the session advisory lock still held: every later rebuild was refused as
+/// busy for as long as that connection lived.
+#[tokio::test]
+async fn a_cancelled_rebuild_does_not_keep_the_rebuild_lock() {
+    let (pool, settings) = scratch_store().await;
+    let v1: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/order_placed_v1.json")).expect("fixture");
+    sqlx::query(
+        "INSERT INTO events (stream_id, version, event_type, schema_version, payload)
+         SELECT gen_random_uuid(), 1, 'order_placed', 1, $1 FROM generate_series(1, 3000)",
+    )
+    .bind(&v1)
+    .execute(&pool)
+    .await
+    .expect("3000 orders");
+    // Dropped while it runs: as when the gRPC client of RebuildReadModels disconnects.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(30), projection::rebuild(&pool)).await;
+    assert!(
+        cancelled.is_err(),
+        "the rebuild should still have been running"
+    );
+    let again = projection::rebuild(&pool).await;
+    assert!(again.is_ok(), "a later rebuild runs: {:?}", again.err());
+    pool.close().await;
+    testing::drop_database(&settings).await;
 }

@@ -28,10 +28,12 @@ use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{
-    domain::stream::{self, OrderEvent},
-    eventstore::{RECORDED_COLUMNS, Recorded},
-};
+use crate::eventstore::{RECORDED_COLUMNS, Recorded};
+
+mod fold;
+
+pub use fold::refresh;
+use fold::refresh_streams;
 
 /// The projection's name in `projection_checkpoint`.
 pub const NAME: &str = "orders";
@@ -142,65 +144,6 @@ async fn settled_after(
     .await
 }
 
-/// Applies one event to generation `g`. Events that do not decode are logged and skipped (the
-/// model cannot show what it cannot read; the stream keeps it for a fixed version to replay).
-pub async fn apply(conn: &mut PgConnection, g: i32, r: &Recorded) -> Result<(), sqlx::Error> {
-    let event = match stream::decode(&r.event_type, r.schema_version, r.payload.clone()) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(stream = %r.stream_id, version = r.version, error = %e, "event skipped by the projection");
-            metrics::counter!("projection_skipped_total", "projection" => NAME).increment(1);
-            return Ok(());
-        }
-    };
-    let (status, saga_state, reason): (Option<&str>, Option<&str>, Option<&str>) = match &event {
-        OrderEvent::Placed(p) => {
-            let items = serde_json::to_value(&p.items).unwrap_or(Value::Null);
-            for table in ["order_summary", "customer_orders"] {
-                sqlx::query(&format!(
-                    "INSERT INTO {table}_g{g} (order_id, tenant_id, customer_id, status, saga_state, items,
-                                               total_minor, currency, version, placed_at, updated_at)
-                     VALUES ($1, $2, $3, 'PENDING', 'STARTED', $4, $5, $6, $7, $8, $8)
-                     ON CONFLICT (order_id) DO NOTHING"
-                ))
-                .bind(r.stream_id)
-                .bind(&p.tenant_id)
-                .bind(&p.customer_id)
-                .bind(&items)
-                .bind(p.total_minor)
-                .bind(&p.currency)
-                .bind(r.version)
-                .bind(r.recorded_at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            return Ok(());
-        }
-        OrderEvent::Saga(fact) => (None, fact.state_after().map(|s| s.as_str()), None),
-        OrderEvent::Completed => (Some("COMPLETED"), Some("COMPLETED"), None),
-        OrderEvent::Cancelled { reason } => {
-            (Some("CANCELLED"), Some("CANCELLED"), Some(reason.as_str()))
-        }
-    };
-    for table in ["order_summary", "customer_orders"] {
-        sqlx::query(&format!(
-            "UPDATE {table}_g{g}
-             SET status = coalesce($3, status), saga_state = coalesce($4, saga_state),
-                 cancel_reason = coalesce($5, cancel_reason), version = $2, updated_at = $6
-             WHERE order_id = $1 AND version < $2"
-        ))
-        .bind(r.stream_id)
-        .bind(r.version)
-        .bind(status)
-        .bind(saga_state)
-        .bind(reason)
-        .bind(r.recorded_at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
 /// One batch of the live projection in one transaction; returns the events applied.
 pub async fn project_batch(pool: &PgPool) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -215,9 +158,7 @@ pub async fn project_batch(pool: &PgPool) -> Result<usize, sqlx::Error> {
     let Some(last) = events.last() else {
         return Ok(0);
     };
-    for e in &events {
-        apply(&mut tx, g, e).await?;
-    }
+    refresh_streams(&mut tx, g, &events).await?;
     sqlx::query(
         "UPDATE projection_checkpoint SET last_tx = $2, last_position = $3, updated_at = now() WHERE name = $1",
     )
@@ -351,6 +292,10 @@ pub async fn rebuild(pool: &PgPool) -> Result<Rebuilt, RebuildError> {
     if !locked {
         return Err(RebuildError::Busy);
     }
+    // The lock belongs to this session: if this future is dropped before the unlock below (its
+    // caller went away), the connection is closed rather than returned to the pool still
+    // holding it (which would refuse every later rebuild as busy).
+    guard.close_on_drop();
     let result = rebuild_locked(pool).await;
     let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('order_projection_rebuild'))")
         .execute(&mut *guard)
@@ -443,9 +388,7 @@ async fn apply_next_batch(
     cursor: &mut (i64, i64),
 ) -> Result<usize, sqlx::Error> {
     let events = settled_after(conn, *cursor, BATCH).await?;
-    for e in &events {
-        apply(conn, g, e).await?;
-    }
+    refresh_streams(conn, g, &events).await?;
     if let Some(last) = events.last() {
         *cursor = (last.tx, last.position);
     }
