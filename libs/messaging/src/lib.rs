@@ -7,6 +7,10 @@
 //! - [`outbox`]: [`outbox::enqueue`] inside the caller's transaction, and the [`outbox::Relay`]
 //!   that publishes rows in per-key order, marks them only after the broker acks, wakes on
 //!   `LISTEN/NOTIFY` and cleans up.
+//! - [`relay`]: the one relay loop (claim -> publish in order -> settle, parking, producer
+//!   renewal, metrics) over a [`relay::Source`]: PostgreSQL rows here, the cart's Redis stream,
+//!   the catalog's in-document outbox.
+//! - `lease` (feature `redis`): the one relay lease for outboxes outside PostgreSQL.
 //! - [`inbox`]: [`inbox::Inbox`] consumes a topic; each message's effect and its inbox row commit
 //!   in one transaction, offsets are committed after; failures retry with backoff and then go to
 //!   a dead-letter topic.
@@ -26,7 +30,10 @@ pub mod consumer;
 pub mod envelope;
 pub mod inbox;
 pub mod kafka;
+#[cfg(feature = "redis")]
+pub mod lease;
 pub mod outbox;
+pub mod relay;
 pub mod service;
 pub mod smoke;
 #[cfg(feature = "testing")]

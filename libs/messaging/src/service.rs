@@ -126,7 +126,7 @@ pub fn spawn_relay(
     if !settings.relay.enabled {
         return Ok(());
     }
-    let relay = Relay::new(pool.clone(), &settings.kafka, settings.relay.to_config())?;
+    let relay = Relay::postgres(pool.clone(), &settings.kafka, settings.relay.to_config())?;
     app.spawn(relay.run(shutdown));
     Ok(())
 }

@@ -75,7 +75,7 @@ pub async fn build(
     kafka.ensure_topics(&[&events_topic, &order_events]).await?;
     let client = redis::Client::open(settings.redis.url.as_str())?;
     let redis = redis::aio::ConnectionManager::new(client).await?;
-    let store = store::CartStore::new(redis.clone(), settings.cart);
+    let store = store::CartStore::new(redis.clone(), settings.cart, &kafka.topic_prefix);
     let lazy = |url: &str| -> anyhow::Result<tonic::transport::Channel> {
         Ok(tonic::transport::Channel::from_shared(url.to_owned())?.connect_lazy())
     };
@@ -110,12 +110,12 @@ pub async fn build(
         shutdown.clone(),
     )
     .await?;
-    let relay = relay::Relay {
+    let relay = relay::relay(
         redis,
-        producer: kafka.producer(Duration::from_secs(30))?,
-        instance: uuid::Uuid::now_v7().to_string(),
-        poll: Duration::from_millis(settings.relay_poll_ms),
-    };
+        store::outbox_stream(&kafka.topic_prefix),
+        kafka,
+        Duration::from_millis(settings.relay_poll_ms),
+    )?;
     app.spawn(relay.run(shutdown.clone()));
     let kafka = kafka.clone();
     let group = format!("{}cart", kafka.topic_prefix);

@@ -35,7 +35,14 @@ use shop_core::ServiceError;
 
 use crate::domain::{Cart, Limits};
 
+/// The outbox stream's name after the topic prefix: `<prefix>outbox:cart`, so environments (or
+/// test runs) sharing one Redis never relay each other's events.
 pub const OUTBOX_STREAM: &str = "outbox:cart";
+
+/// The outbox stream of the environment with `topic_prefix`.
+pub fn outbox_stream(topic_prefix: &str) -> String {
+    format!("{topic_prefix}{OUTBOX_STREAM}")
+}
 
 /// How long a pending checkout (begun, its order not recorded yet) freezes the cart. Placing an
 /// order takes milliseconds; this only matters when the attempt died (a crash, a cancelled
@@ -217,6 +224,8 @@ return changed
 pub struct CartStore {
     redis: ConnectionManager,
     pub limits: Limits,
+    /// Where events are written ([`outbox_stream`]).
+    outbox: String,
     mutate: Script,
     begin_checkout: Script,
     checkout_failed: Script,
@@ -255,10 +264,12 @@ pub enum Change<'a> {
 }
 
 impl CartStore {
-    pub fn new(redis: ConnectionManager, limits: Limits) -> Self {
+    /// A store writing its events to the outbox stream of `topic_prefix`.
+    pub fn new(redis: ConnectionManager, limits: Limits, topic_prefix: &str) -> Self {
         Self {
             redis,
             limits,
+            outbox: outbox_stream(topic_prefix),
             mutate: Script::new(&format!("{NOW_MS}{MUTATE}")),
             begin_checkout: Script::new(&format!("{NOW_MS}{BEGIN_CHECKOUT}")),
             checkout_failed: Script::new(CHECKOUT_FAILED),
@@ -365,7 +376,7 @@ impl CartStore {
             .checked_out
             .key(cart_key(session))
             .key(order_key(order_id))
-            .key(OUTBOX_STREAM)
+            .key(&self.outbox)
             .arg(version)
             .arg(order_id)
             .arg(session)

@@ -19,6 +19,7 @@ pub mod domain;
 pub mod feed;
 pub mod grpc;
 pub mod recommend;
+pub mod relay;
 pub mod search;
 pub mod store;
 
@@ -207,6 +208,7 @@ pub async fn build(
         redis::aio::ConnectionManager::new(redis::Client::open(settings.redis.url.as_str())?)
             .await?;
     let recommendations = recommend::Recommendations::new(redis.clone(), &kafka.topic_prefix);
+    let redis_for_relay = redis.clone();
     let search = search_backend(&settings.search).await?;
     let search_group = search_feed_group(kafka, &settings.search)?;
     tracing::info!(backend = search.name(), group = %search_group, "search backend ready");
@@ -260,12 +262,14 @@ pub async fn build(
     )
     .await?;
     app.spawn(
-        store::OutboxRelay {
+        relay::relay(
             products,
-            locks: store.locks.clone(),
-            producer: kafka.producer(Duration::from_secs(30))?,
-            poll: Duration::from_millis(settings.relay_poll_ms),
-        }
+            store.locks.clone(),
+            redis_for_relay,
+            format!("{}outbox:catalog:lease", kafka.topic_prefix),
+            kafka,
+            Duration::from_millis(settings.relay_poll_ms),
+        )?
         .run(shutdown.clone()),
     );
     let (k, stop) = (kafka.clone(), shutdown.clone());

@@ -16,18 +16,15 @@
 //! document has not changed since it read them (same `version`); otherwise the next round
 //! publishes them again with the new ones (duplicates, which consumers absorb; never loss).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use futures::TryStreamExt;
 use mongodb::{
     Collection,
     bson::{Bson, Document, doc},
     options::ReturnDocument,
 };
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use shop_core::ServiceError;
 use shop_messaging::NewEvent;
-use tokio_util::sync::CancellationToken;
 
 use crate::domain::Product;
 
@@ -117,7 +114,7 @@ pub fn outbox_entry(event: &NewEvent) -> String {
 }
 
 /// (topic, key, payload) of a stored outbox entry.
-fn parse_entry(entry: &Bson) -> Option<(String, String, Vec<u8>)> {
+pub(crate) fn parse_entry(entry: &Bson) -> Option<(String, String, Vec<u8>)> {
     use base64::Engine as _;
     let v: serde_json::Value = serde_json::from_str(entry.as_str()?).ok()?;
     let payload = base64::engine::general_purpose::STANDARD
@@ -297,77 +294,5 @@ impl ProductStore {
             .update_one(doc! { "_id": sku }, doc! { "$set": { "stock": available } })
             .await?;
         Ok(())
-    }
-}
-
-/// Publishes the documents' embedded outboxes to Kafka.
-pub struct OutboxRelay {
-    pub products: Collection<Document>,
-    /// The store's locks: the clear of a document waits for its writers (see [`WriteLocks`]).
-    pub locks: WriteLocks,
-    pub producer: FutureProducer,
-    pub poll: Duration,
-}
-
-impl OutboxRelay {
-    /// One round over up to 100 documents with pending events; returns the events published.
-    pub async fn relay_once(&self) -> anyhow::Result<usize> {
-        let docs: Vec<Document> = self
-            .products
-            .find(doc! { "outbox_pending": true })
-            .limit(100)
-            .await?
-            .try_collect()
-            .await?;
-        let mut published = 0;
-        for d in docs {
-            let (Ok(id), Ok(entries)) = (d.get_str("_id"), d.get_array("outbox")) else {
-                continue;
-            };
-            let version = d.get("version").cloned().unwrap_or(Bson::Null);
-            let mut deliveries = Vec::new();
-            for e in entries {
-                let Some((topic, key, payload)) = parse_entry(e) else {
-                    tracing::error!(sku = id, "malformed outbox entry skipped");
-                    continue;
-                };
-                match self
-                    .producer
-                    .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
-                {
-                    Ok(d) => deliveries.push(d),
-                    Err((e, _)) => anyhow::bail!("enqueue failed: {e}"),
-                }
-            }
-            for d in deliveries {
-                d.await
-                    .map_err(|_| anyhow::anyhow!("delivery cancelled"))?
-                    .map_err(|(e, _)| anyhow::anyhow!("publish failed: {e}"))?;
-            }
-            // Clear only what was read: a concurrent update bumped the version and pushed more,
-            // and then nothing is cleared (all of it goes again next round).
-            let _guard = self.locks.lock(id).await;
-            let cleared = self
-                .products
-                .update_one(
-                    doc! { "_id": id, "version": version },
-                    doc! { "$set": { "outbox": [], "outbox_pending": false } },
-                )
-                .await?;
-            if cleared.modified_count > 0 {
-                published += entries.len();
-            }
-        }
-        if published > 0 {
-            metrics::counter!("outbox_published_total").increment(published as u64);
-        }
-        Ok(published)
-    }
-
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        shop_messaging::outbox::run_rounds("catalog", self.poll, shutdown, || async {
-            Ok(self.relay_once().await? > 0)
-        })
-        .await
     }
 }

@@ -192,7 +192,7 @@ async fn relay(
             ..RelayConfig::default()
         };
         let relays: Vec<Relay> = (0..instances)
-            .map(|_| Relay::new(pool.clone(), kafka, config.clone()))
+            .map(|_| Relay::postgres(pool.clone(), kafka, config.clone()))
             .collect::<anyhow::Result<_>>()?;
         let stop = CancellationToken::new();
         let started = Instant::now();

@@ -105,7 +105,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let relays: Vec<Relay> = (0..args.relays)
         .map(|_| {
-            Relay::new(
+            Relay::postgres(
                 producer_db.clone(),
                 kafka,
                 RelayConfig {

@@ -27,23 +27,10 @@
 //! `NOTIFY outbox` (sent by a trigger at commit) or the poll interval, whichever is first.
 //! Published rows are deleted after `retention` by a background sweep.
 
-use std::{
-    collections::HashSet,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context;
-use futures::future::join_all;
 use prost::Message;
-use rdkafka::{
-    error::{KafkaError, RDKafkaErrorCode},
-    message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord, Producer as _},
-};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
@@ -159,172 +146,66 @@ impl Default for RelayConfig {
     }
 }
 
-/// Test-only failure injection: what a crash at a chosen point would leave behind.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    None,
-    /// Publish and receive the acks, then lose the transaction as a `kill -9` would.
-    CrashAfterPublish,
-    /// Publish and receive the acks, then end the process before marking (the fault matrix
-    /// sets it with `SHOP_FAULT_RELAY_EXIT_AFTER_PUBLISH=1` and restarts the service).
-    ExitAfterPublish,
-}
+pub use crate::relay::{Fault, RelayStats, RoundOutcome};
 
-/// Counters of one relay, for tests and the demo (Prometheus gets the same figures).
-#[derive(Debug, Default)]
-pub struct RelayStats {
-    pub published: AtomicU64,
-    pub failed: AtomicU64,
-    pub rounds: AtomicU64,
-}
-
-/// Publishes outbox rows to Kafka. Any number may run against one database.
-#[derive(Clone)]
-pub struct Relay {
-    pool: PgPool,
-    kafka: KafkaSettings,
-    /// Replaced after a round with failures; see [`Relay::relay_once`].
-    producer: Arc<Mutex<FutureProducer>>,
-    config: RelayConfig,
-    stats: Arc<RelayStats>,
-    fault: Fault,
-}
-
-/// What one round did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RoundOutcome {
-    /// Rows read from the outbox.
-    pub claimed: usize,
-    pub published: usize,
-    pub failed: usize,
-    /// Rows set aside this round (see [`permanent`]).
-    pub parked: usize,
-}
-
-struct Row {
-    id: i64,
-    bucket: i16,
-    event_id: uuid::Uuid,
-    topic: String,
-    partition_key: String,
-    event_type: String,
-    payload: Vec<u8>,
-}
+/// The relay of a PostgreSQL outbox: the one loop ([`crate::relay`]) over [`PgOutbox`].
+pub type Relay = crate::relay::Relay<PgOutbox>;
 
 impl Relay {
-    pub fn new(pool: PgPool, kafka: &KafkaSettings, config: RelayConfig) -> anyhow::Result<Self> {
-        let producer = kafka.producer(config.delivery_timeout)?;
-        Ok(Self {
-            pool,
-            kafka: kafka.clone(),
-            producer: Arc::new(Mutex::new(producer)),
-            config,
-            stats: Arc::default(),
-            fault: if std::env::var_os("SHOP_FAULT_RELAY_EXIT_AFTER_PUBLISH").is_some() {
-                Fault::ExitAfterPublish
-            } else {
-                Fault::None
-            },
-        })
-    }
-
-    fn producer(&self) -> FutureProducer {
-        self.producer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Replaces a producer that librdkafka declared fatally failed (e.g. an idempotence
-    /// sequence it cannot recover, or a fenced producer id): such a producer fails every later
-    /// send. Ordinary failures (broker down, delivery timeout) need no new producer: librdkafka
-    /// bumps the idempotent epoch itself (KIP-360) and the failed rows go out again, in order,
-    /// in the next round.
-    fn renew_producer_if_fatal(&self) -> anyhow::Result<()> {
-        let producer = self.producer();
-        let Some((code, reason)) = producer.client().fatal_error() else {
-            return Ok(());
+    /// A relay of `pool`'s outbox. Any number may run against one database.
+    pub fn postgres(
+        pool: PgPool,
+        kafka: &KafkaSettings,
+        config: RelayConfig,
+    ) -> anyhow::Result<Self> {
+        let loop_config = crate::relay::LoopConfig {
+            batch_size: usize::try_from(config.batch_size).unwrap_or(1000),
+            poll_interval: config.poll_interval,
+            delivery_timeout: config.delivery_timeout,
+            error_backoff: config.error_backoff,
+            park_after: u32::try_from(config.park_after).unwrap_or(5),
         };
-        tracing::warn!(?code, %reason, "kafka producer failed fatally, replacing it");
-        metrics::counter!("outbox_producer_renewals_total").increment(1);
-        let fresh = self.kafka.producer(self.config.delivery_timeout)?;
-        *self.producer.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(())
-    }
-
-    #[doc(hidden)]
-    pub fn with_fault(mut self, fault: Fault) -> Self {
-        self.fault = fault;
-        self
-    }
-
-    pub fn stats(&self) -> Arc<RelayStats> {
-        self.stats.clone()
-    }
-
-    /// Runs until `shutdown`: relays rounds, sweeps published rows, exports backlog gauges.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let sweeper = tokio::spawn(self.clone().sweep(shutdown.clone()));
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox listen failed, polling only");
-                    None
-                }
+        crate::relay::Relay::new(
+            PgOutbox {
+                pool,
+                config,
+                listener: tokio::sync::Mutex::new(None),
             },
-            Err(e) => {
-                tracing::warn!(error = %e, "outbox listener connect failed, polling only");
-                None
-            }
-        };
-        tracing::info!(batch_size = self.config.batch_size, "outbox relay started");
-        while !shutdown.is_cancelled() {
-            match self.relay_once().await {
-                // A full round: more is waiting, go straight on.
-                Ok(o) if o.claimed as i64 >= self.config.batch_size && o.failed == 0 => continue,
-                Ok(o) if o.failed > 0 => self.pause(self.config.error_backoff, &shutdown).await,
-                Ok(_) => self.wait_for_work(listener.as_mut(), &shutdown).await,
-                Err(e) => {
-                    tracing::error!(error = ?e, "outbox relay round failed");
-                    self.pause(self.config.error_backoff, &shutdown).await;
-                }
-            }
-        }
-        sweeper.abort();
-        tracing::info!("outbox relay stopped");
-        Ok(())
+            kafka,
+            loop_config,
+        )
+    }
+}
+
+/// The `outbox` table as a relay [`crate::relay::Source`]: a claim is one transaction holding
+/// the advisory locks of the buckets it read; settle marks and commits it.
+pub struct PgOutbox {
+    pool: PgPool,
+    config: RelayConfig,
+    /// `LISTEN outbox`, connected on the first wait.
+    listener: tokio::sync::Mutex<Option<PgListener>>,
+}
+
+/// `id, bucket, event_id, topic, partition_key, event_type, payload` of a pending row.
+type PendingRow = (i64, i16, uuid::Uuid, String, String, String, Vec<u8>);
+
+/// A claimed round: its transaction (holding the buckets) and the rows' ids, in claim order.
+pub struct PgClaim {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    rows: Vec<(i64, i16)>,
+}
+
+impl crate::relay::Source for PgOutbox {
+    type Claim = PgClaim;
+
+    fn name(&self) -> &str {
+        "postgres"
     }
 
-    async fn pause(&self, d: Duration, shutdown: &CancellationToken) {
-        tokio::select! {
-            () = tokio::time::sleep(d) => {},
-            () = shutdown.cancelled() => {},
-        }
-    }
-
-    async fn wait_for_work(&self, listener: Option<&mut PgListener>, shutdown: &CancellationToken) {
-        let poll = self.config.poll_interval;
-        match listener {
-            Some(l) => {
-                tokio::select! {
-                    r = l.recv() => if let Err(e) = r {
-                        // PgListener reconnects on the next recv; until then, poll.
-                        tracing::warn!(error = %e, "outbox listener lost its connection");
-                        tokio::time::sleep(poll).await;
-                    },
-                    () = tokio::time::sleep(poll) => {},
-                    () = shutdown.cancelled() => {},
-                }
-            }
-            None => self.pause(poll, shutdown).await,
-        }
-    }
-
-    /// One claim -> publish -> mark round, in one transaction. See the module docs.
-    pub async fn relay_once(&self) -> anyhow::Result<RoundOutcome> {
-        let started = Instant::now();
+    async fn claim(
+        &self,
+        limit: usize,
+    ) -> anyhow::Result<Option<(PgClaim, Vec<crate::relay::Message>)>> {
         let mut tx = self.pool.begin().await.context("begin relay round")?;
         // Advisory locks, not row locks: they take no transaction id, so a round waiting on
         // the broker does not hold back anything that waits for older transactions to finish
@@ -347,12 +228,10 @@ impl Relay {
         .await
         .context("claim outbox buckets")?;
         if buckets.is_empty() {
-            return Ok(RoundOutcome::default());
+            return Ok(None);
         }
-        let rows: Vec<Row> = sqlx::query_as::<
-            _,
-            (i64, i16, uuid::Uuid, String, String, String, Vec<u8>),
-        >(
+        // A key with a parked row waits behind it (its order is kept).
+        let rows: Vec<PendingRow> = sqlx::query_as(
             "SELECT id, bucket, event_id, topic, partition_key, event_type, payload FROM outbox o
              WHERE bucket = ANY($1) AND published_at IS NULL AND parked_at IS NULL
                AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.parked_at IS NOT NULL
@@ -361,61 +240,62 @@ impl Relay {
              LIMIT $2",
         )
         .bind(&buckets)
-        .bind(self.config.batch_size)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await
-        .context("read outbox rows")?
-        .into_iter()
-        .map(
-            |(id, bucket, event_id, topic, partition_key, event_type, payload)| Row {
-                id,
-                bucket,
-                event_id,
-                topic,
-                partition_key,
-                event_type,
-                payload,
-            },
-        )
-        .collect();
+        .context("read outbox rows")?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let ids = rows.iter().map(|r| (r.0, r.1)).collect();
+        let messages = rows
+            .into_iter()
+            .map(
+                |(_, bucket, event_id, topic, key, event_type, payload)| crate::relay::Message {
+                    topic,
+                    key: key.into_bytes(),
+                    payload,
+                    event_id: Some(event_id.to_string()),
+                    event_type: Some(event_type),
+                    group: u64::try_from(bucket).unwrap_or(0),
+                },
+            )
+            .collect::<Vec<_>>();
+        Ok(Some((PgClaim { tx, rows: ids }, messages)))
+    }
 
-        let results = self.publish(&rows).await;
-
-        // Mark, per bucket, the prefix before the first failure.
+    async fn settle(
+        &self,
+        claim: PgClaim,
+        deliveries: Vec<crate::relay::Delivery>,
+        park_after: u32,
+    ) -> anyhow::Result<crate::relay::Settled> {
+        use crate::relay::Delivery;
+        let PgClaim { mut tx, rows } = claim;
+        // Per bucket (the messages' group): the acked prefix is published, the first failure
+        // recorded.
         let mut stopped: HashSet<i16> = HashSet::new();
-        let mut published_ids = Vec::with_capacity(rows.len());
+        let mut published = Vec::new();
         let mut failures: Vec<(i64, String, bool)> = Vec::new();
-        for (row, result) in rows.iter().zip(results) {
-            if stopped.contains(&row.bucket) {
+        for ((id, bucket), d) in rows.iter().zip(&deliveries) {
+            if stopped.contains(bucket) {
                 continue;
             }
-            match result {
-                Ok(()) => published_ids.push(row.id),
-                Err(e) => {
-                    stopped.insert(row.bucket);
-                    failures.push((row.id, e.to_string(), permanent(&e)));
+            match d {
+                Delivery::Acked => published.push(*id),
+                Delivery::Failed { error, permanent } => {
+                    stopped.insert(*bucket);
+                    failures.push((*id, error.clone(), *permanent));
+                }
+                Delivery::NotSent => {
+                    stopped.insert(*bucket);
                 }
             }
-        }
-        if self.fault == Fault::ExitAfterPublish && !published_ids.is_empty() {
-            tracing::error!(
-                acked = published_ids.len(),
-                "fault injection: exiting between publish and mark"
-            );
-            std::process::exit(137);
-        }
-        if self.fault == Fault::CrashAfterPublish {
-            // Dropping the transaction rolls it back, exactly as a dead process's connection would.
-            drop(tx);
-            anyhow::bail!(
-                "injected crash after publish ({} rows acked, none marked)",
-                published_ids.len()
-            );
         }
         sqlx::query(
             "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
         )
-        .bind(&published_ids)
+        .bind(&published)
         .execute(&mut *tx)
         .await
         .context("mark outbox rows published")?;
@@ -429,7 +309,7 @@ impl Relay {
             .bind(id)
             .bind(error)
             .bind(permanent)
-            .bind(self.config.park_after)
+            .bind(i32::try_from(park_after).unwrap_or(i32::MAX))
             .fetch_one(&mut *tx)
             .await
             .context("record outbox failure")?;
@@ -439,150 +319,79 @@ impl Relay {
             }
         }
         tx.commit().await.context("commit relay round")?;
-
-        let outcome = RoundOutcome {
-            claimed: rows.len(),
-            published: published_ids.len(),
+        Ok(crate::relay::Settled {
+            published: published.len(),
             failed: failures.len(),
             parked,
-        };
-        self.stats.rounds.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .published
-            .fetch_add(outcome.published as u64, Ordering::Relaxed);
-        self.stats
-            .failed
-            .fetch_add(outcome.failed as u64, Ordering::Relaxed);
-        metrics::counter!("outbox_published_total").increment(outcome.published as u64);
-        metrics::counter!("outbox_publish_failures_total").increment(outcome.failed as u64);
-        metrics::counter!("outbox_parked_total").increment(outcome.parked as u64);
-        metrics::histogram!("outbox_round_seconds").record(started.elapsed().as_secs_f64());
-        if let Some((id, error, _)) = failures.first() {
-            tracing::warn!(failed = failures.len(), first_id = id, error = %error, "outbox publish failed, will retry");
-            self.renew_producer_if_fatal()?;
-        }
-        Ok(outcome)
+        })
     }
 
-    /// Queues every row with the producer in order, then waits for all acks.
-    /// The idempotent producer keeps the queue order per partition.
-    async fn publish(&self, rows: &[Row]) -> Vec<Result<(), KafkaError>> {
-        let producer = self.producer();
-        let mut pending = Vec::with_capacity(rows.len());
-        // A row refused before it was queued (too large for the producer, unknown topic)
-        // stops its bucket: nothing after it is queued this round, so no later row of its key
-        // reaches the broker ahead of it. (Those rows would not be marked anyway.)
-        let mut refused: HashSet<i16> = HashSet::new();
-        for row in rows {
-            if refused.contains(&row.bucket) {
-                pending.push(Err(KafkaError::Canceled));
-                continue;
+    fn start(&self, shutdown: &CancellationToken) {
+        tokio::spawn(sweep(
+            self.pool.clone(),
+            self.config.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    /// Until a `NOTIFY outbox` (sent by a trigger at commit) or `poll`, whichever is first.
+    async fn wait(&self, poll: Duration, shutdown: &CancellationToken) {
+        let mut listener = self.listener.lock().await;
+        if listener.is_none() {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+                    Ok(()) => *listener = Some(l),
+                    Err(e) => tracing::warn!(error = %e, "outbox listen failed, polling"),
+                },
+                Err(e) => tracing::warn!(error = %e, "outbox listener connect failed, polling"),
             }
-            let event_id = row.event_id.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "event_id",
-                    value: Some(event_id.as_str()),
-                })
-                .insert(Header {
-                    key: "event_type",
-                    value: Some(row.event_type.as_str()),
-                });
-            let mut record = FutureRecord::to(&row.topic)
-                .key(row.partition_key.as_str())
-                .payload(row.payload.as_slice())
-                .headers(headers);
-            let delivery = loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => break Ok(delivery),
-                    // The local queue is full: let it drain, then queue the same record again,
-                    // so the order is kept.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => break Err(e),
-                }
-            };
-            if delivery.is_err() {
-                refused.insert(row.bucket);
-            }
-            pending.push(delivery);
         }
-        let mut results = Vec::with_capacity(pending.len());
-        let futures: Vec<_> = pending
-            .into_iter()
-            .map(|d| async move {
-                match d {
-                    Ok(fut) => match fut.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, _))) => Err(e),
-                        Err(_cancelled) => Err(KafkaError::Canceled),
+        match listener.as_mut() {
+            Some(l) => {
+                tokio::select! {
+                    r = l.recv() => if let Err(e) = r {
+                        // PgListener reconnects on the next recv; until then, poll.
+                        tracing::warn!(error = %e, "outbox listener lost its connection");
+                        tokio::time::sleep(poll).await;
                     },
-                    Err(e) => Err(e),
+                    () = tokio::time::sleep(poll) => {},
+                    () = shutdown.cancelled() => {},
                 }
-            })
-            .collect();
-        results.extend(join_all(futures).await);
-        results
-    }
-
-    /// Deletes published rows past retention and refreshes the backlog gauges.
-    async fn sweep(self, shutdown: CancellationToken) {
-        let mut cleanup = tokio::time::interval(self.config.cleanup_interval);
-        let mut gauges = tokio::time::interval(self.config.metrics_interval);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = cleanup.tick() => {
-                    match delete_published(&self.pool, self.config.retention).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(deleted = n, "outbox cleanup"),
-                        Err(e) => tracing::warn!(error = ?e, "outbox cleanup failed"),
-                    }
-                }
-                _ = gauges.tick() => {
-                    match backlog(&self.pool).await {
-                        Ok(b) => {
-                            metrics::gauge!("outbox_backlog").set(b.pending as f64);
-                            metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(b.oldest_age_seconds);
-                            metrics::gauge!("outbox_parked").set(b.parked as f64);
-                        }
-                        Err(e) => tracing::warn!(error = ?e, "outbox backlog query failed"),
-                    }
+            }
+            None => {
+                tokio::select! {
+                    () = tokio::time::sleep(poll) => {},
+                    () = shutdown.cancelled() => {},
                 }
             }
         }
     }
 }
 
-/// The loop of a relay over another store's outbox (the cart's Redis stream, the catalog's
-/// in-document outbox): `round` publishes a batch and says whether more is waiting; then the
-/// next round comes at once, otherwise after `poll` (after `5 x poll` when the round failed),
-/// until `shutdown`.
-pub async fn run_rounds<F, Fut>(
-    what: &str,
-    poll: Duration,
-    shutdown: CancellationToken,
-    mut round: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    while !shutdown.is_cancelled() {
-        let wait = match round().await {
-            Ok(true) => Duration::ZERO,
-            Ok(false) => poll,
-            Err(e) => {
-                tracing::warn!(relay = what, error = %e, "outbox round failed");
-                poll * 5
-            }
-        };
+/// Deletes published rows past retention and refreshes the backlog gauges, until `shutdown`.
+async fn sweep(pool: PgPool, config: RelayConfig, shutdown: CancellationToken) {
+    let mut cleanup = tokio::time::interval(config.cleanup_interval);
+    let mut gauges = tokio::time::interval(config.metrics_interval);
+    loop {
         tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+            _ = cleanup.tick() => {
+                match delete_published(&pool, config.retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "outbox cleanup"),
+                    Err(e) => tracing::warn!(error = ?e, "outbox cleanup failed"),
+                }
+            }
+            _ = gauges.tick() => {
+                match backlog(&pool).await {
+                    Ok(b) => {
+                        metrics::gauge!("outbox_backlog").set(b.pending as f64);
+                        metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(b.oldest_age_seconds);
+                        metrics::gauge!("outbox_parked").set(b.parked as f64);
+                    }
+                    Err(e) => tracing::warn!(error = ?e, "outbox backlog query failed"),
+                }
+            }
         }
     }
-    Ok(())
 }

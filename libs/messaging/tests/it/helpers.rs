@@ -92,7 +92,7 @@ pub async fn topic(settings: &KafkaSettings, prefix: &str) -> String {
 }
 
 pub fn relay(db: &TestDb, settings: &KafkaSettings, config: RelayConfig) -> Relay {
-    Relay::new(db.pool.clone(), settings, config).expect("relay")
+    Relay::postgres(db.pool.clone(), settings, config).expect("relay")
 }
 
 /// Starts an inbox consumer running [`OrderedTicks`] on `topic`.

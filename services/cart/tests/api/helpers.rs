@@ -44,7 +44,7 @@ pub async fn store() -> CartStore {
     let redis = redis::aio::ConnectionManager::new(client)
         .await
         .expect("redis");
-    CartStore::new(redis, Limits::default())
+    CartStore::new(redis, Limits::default(), "")
 }
 
 pub fn session() -> String {

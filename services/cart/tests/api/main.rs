@@ -4,6 +4,7 @@
 mod checkout;
 mod fuzz;
 mod helpers;
+mod relay;
 mod store;
 
 use std::time::Duration;

@@ -5,11 +5,7 @@
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Document, doc};
-use shop_catalog::{
-    domain::Product,
-    grpc::product_changed,
-    store::{OutboxRelay, ProductStore},
-};
+use shop_catalog::{domain::Product, grpc::product_changed, store::ProductStore};
 use shop_messaging::{testing, topics};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -56,18 +52,29 @@ async fn an_update_is_refused_while_the_outbox_is_full_and_accepted_once_it_drai
     ));
     let products = db.collection::<Document>("products");
     let store = ProductStore::new(products.clone());
-    let relay = || OutboxRelay {
-        products: products.clone(),
-        locks: store.locks.clone(),
-        producer: kafka.producer(Duration::from_secs(30)).expect("producer"),
-        poll: Duration::from_millis(50),
+    let redis = redis::aio::ConnectionManager::new(
+        redis::Client::open(shop_core::config::RedisSettings::default().url.as_str()).expect("url"),
+    )
+    .await
+    .expect("redis");
+    let lease = format!("{}outbox:catalog:lease", kafka.topic_prefix);
+    let relay = || {
+        shop_catalog::relay::relay(
+            products.clone(),
+            store.locks.clone(),
+            redis.clone(),
+            lease.clone(),
+            &kafka,
+            Duration::from_millis(50),
+        )
+        .expect("relay")
     };
     // Created, and its event published: the outbox is empty.
     let created = store
         .create(&mug(1000), product_changed(&topic, &mug(1000)))
         .await
         .expect("create");
-    assert_eq!(relay().relay_once().await.expect("relay"), 1);
+    assert_eq!(relay().relay_once().await.expect("relay").published, 1);
     assert_eq!(pending(&products).await, 0);
 
     // No relay from here on: LIMIT updates fill the outbox.
