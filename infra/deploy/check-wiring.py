@@ -71,6 +71,7 @@ class Wiring:
         self.services = doc["services"]
         self.native = (doc.get("native") or {}).get("env") or {}
         self.shopctl = doc["shopctl"]
+        self.jobs = doc.get("jobs") or {}
 
     def problems(self):
         out = []
@@ -356,7 +357,23 @@ def check_render(w, rep, label, docs, disabled=(), exact_databases=False):
                 if sports.get(port_label) != spec[port_label]:
                     problems.append(f"{name}: Service port {port_label}={sports.get(port_label)},"
                                     f" must be {spec[port_label]}")
-    extra = set(deployments) - set(w.services)
+    for name, job in w.jobs.items():
+        dep = deployments.get(name)
+        if dep is None:
+            problems.append(f"{name}: no Deployment (jobs.{name})")
+            continue
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        cmd = c.get("command") or []
+        if not cmd or Path(cmd[0]).name != job["binary"] or cmd[1:2] != job["command"][:1]:
+            problems.append(f"{name}: container command {cmd} does not run {job['binary']} {job['command'][0]}")
+        ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+        if ports.get("metrics") != job["metrics"]:
+            problems.append(f"{name}: containerPort metrics={ports.get('metrics')}, must be {job['metrics']}")
+        env = pod_env(c, configmaps)
+        for key in job["env"]:
+            if key not in env:
+                problems.append(f"{name}: {key} not set")
+    extra = set(deployments) - set(w.services) - set(w.jobs)
     if extra:
         problems.append(f"Deployments not in the wiring: {sorted(extra)}")
     n = len(w.services) - len(disabled)

@@ -36,9 +36,20 @@ up() {
     done
   done
   log "all ${#SERVICES[@]} services listening"
+  # The continuous consistency check: every SHOP_CHECK_EVERY seconds (default 300), metrics on 9108.
+  local pidfile="$STACK_DIR/run/checker.pid"
+  if ! { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+    nohup "$BIN_DIR/shopctl" check --every "${SHOP_CHECK_EVERY:-300}" --metrics-port 9108 \
+      >>"$STACK_DIR/logs/checker.log" 2>&1 &
+    echo $! > "$pidfile"
+  fi
 }
 
 down() {
+  if [ -s "$STACK_DIR/run/checker.pid" ]; then
+    kill -TERM "$(cat "$STACK_DIR/run/checker.pid")" 2>/dev/null || true
+    rm -f "$STACK_DIR/run/checker.pid"
+  fi
   for spec in "${SERVICES[@]}"; do
     local name=${spec%%:*}
     local pidfile="$STACK_DIR/run/$name.pid"

@@ -188,7 +188,9 @@ impl ConsumerContext for LagContext {}
 pub struct Inbox<H> {
     pool: PgPool,
     consumer: Arc<StreamConsumer<LagContext>>,
-    dlq_producer: FutureProducer,
+    /// Replaced when librdkafka declares it fatally failed (as the relay's is).
+    dlq_producer: std::sync::Mutex<FutureProducer>,
+    kafka: KafkaSettings,
     handler: H,
     config: InboxConfig,
     stats: Arc<InboxStats>,
@@ -232,11 +234,12 @@ impl<H: Handler> Inbox<H> {
             .context("cannot create Kafka consumer")?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("cannot subscribe")?;
-        let dlq_producer = kafka.producer(Duration::from_secs(30))?;
+        let dlq_producer = std::sync::Mutex::new(kafka.producer(Duration::from_secs(30))?);
         Ok(Self {
             pool,
             consumer: Arc::new(consumer),
             dlq_producer,
+            kafka: kafka.clone(),
             handler,
             config,
             stats: Arc::default(),
@@ -609,10 +612,22 @@ impl<H: Handler> Inbox<H> {
         if let Some(payload) = msg.payload() {
             record = record.payload(payload);
         }
-        self.dlq_producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("dead-letter publish to {topic} failed: {e}"))?;
+        let producer = self
+            .dlq_producer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Err((e, _)) = producer.send(record, Duration::from_secs(30)).await {
+            use rdkafka::producer::Producer as _;
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                tracing::warn!(?code, %reason, "dead-letter producer failed fatally, replacing it");
+                metrics::counter!("outbox_producer_renewals_total", "relay" => "dead-letters")
+                    .increment(1);
+                *self.dlq_producer.lock().unwrap_or_else(|e| e.into_inner()) =
+                    self.kafka.producer(Duration::from_secs(30))?;
+            }
+            anyhow::bail!("dead-letter publish to {topic} failed: {e}");
+        }
         // An undecodable message has no event id of its own: it is recorded under one derived
         // from where it was read, so every dead letter is in the inbox (and `shopctl` shows it).
         let (event_id, event_type) = match envelope {

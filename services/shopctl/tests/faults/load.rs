@@ -253,3 +253,32 @@ pub async fn settle(c: &Clients, ids: &[String], within: Duration) -> (usize, us
         .count();
     (completed, ended.len() - completed, ids.len() - ended.len())
 }
+
+/// Changes the tenant's catalog product (its price), so the catalog's relay has an event to
+/// publish.
+pub async fn touch_product(c: &Clients, tenant: &str) {
+    use shop_proto::catalog::{GetProductRequest, UpdateProductRequest};
+    let get = GetProductRequest {
+        sku: format!("{tenant}-0"),
+    };
+    let current = retrying("get product", || {
+        let (mut client, r) = (c.catalog.clone(), get.clone());
+        async move { client.get_product(r).await }
+    })
+    .await
+    .expect("get product")
+    .into_inner();
+    let r = UpdateProductRequest {
+        expected_version: current.version,
+        product: Some(Product {
+            price: usd(275),
+            ..current
+        }),
+    };
+    let updated = retrying("update product", || {
+        let (mut client, r) = (c.catalog.clone(), r.clone());
+        async move { client.update_product(r).await }
+    })
+    .await;
+    assert!(updated.is_ok(), "update product: {updated:?}");
+}

@@ -69,6 +69,8 @@ async fn scenario(p: &mut Platform, c: &Clients, name: &str, fault: Fault) -> Ro
             }
             Fault::Postgres => storms::restart_postgres().await,
             Fault::RelaysExit => {
+                // The burst gives every relay an event but the catalog's: a product change.
+                load::touch_product(c, &tenant).await;
                 for s in platform::RELAY_SERVICES {
                     // Each relay exits after its first acked round, before marking it.
                     let exited = p.exited(s, Duration::from_secs(20)).await;
