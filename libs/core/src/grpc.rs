@@ -50,12 +50,37 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            undecodable_is_invalid_argument,
+        ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.cancelled().await
         })
         .await
         .context("gRPC server failed")
+}
+
+/// A request body that is not the method's protobuf message is the client's mistake: tonic
+/// answers it INTERNAL ("failed to decode Protobuf message", as gRPC's status code guide
+/// suggests for a server that cannot parse); this frame answers INVALID_ARGUMENT instead, so
+/// no client input is ever reported as a server fault.
+fn undecodable_is_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let undecodable = headers.get("grpc-status").is_some_and(|s| s == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode")
+            });
+    if undecodable {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::InvalidArgument as i32),
+        );
+    }
+    response
 }
 
 /// Page size with a default and a hard cap: no unbounded reads.

@@ -17,6 +17,8 @@ pub const TENANT: &str = "acme";
 
 pub struct TestApp {
     pub grpc: InventoryServiceClient<Channel>,
+    /// `http://<address>` of the service.
+    pub url: String,
     pub pool: PgPool,
     pub saga: CommandChannel,
     settings: PgServiceSettings,
@@ -32,6 +34,7 @@ pub async fn spawn_app() -> TestApp {
     let addr = app.grpc_addr();
     tokio::spawn(app.run_until_stopped());
     TestApp {
+        url: format!("http://{addr}"),
         grpc: InventoryServiceClient::connect(format!("http://{addr}"))
             .await
             .expect("grpc"),
