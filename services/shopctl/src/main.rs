@@ -9,9 +9,12 @@
 //! - `shopctl outbox list|redrive`: rows a relay parked (the broker refuses them for good), and
 //!   putting them back in line.
 //! - `shopctl check`: the invariants across every service's own state (`--every`: continuously).
+//! - `shopctl backup|restore`: the four PostgreSQL databases with pg_dump / pg_restore, the
+//!   order database first (docs/BACKUP.md).
 //! - `shopctl health`: gRPC health of every service.
 //! - `shopctl bench relay|saga|analytics|event-store`: figures beside the raw store's.
 
+mod backup;
 mod bench;
 mod bench_analytics;
 mod bench_catalog;
@@ -23,6 +26,7 @@ mod demo;
 mod health;
 mod orders;
 mod outbox;
+mod outbox_stores;
 mod saga;
 mod smoke;
 mod storefront;
@@ -81,6 +85,11 @@ enum Command {
     Health,
     /// The platform's invariants, read from every service's own state.
     Check(check::CheckArgs),
+    /// pg_dump the four PostgreSQL databases (order first) into a directory, with a manifest.
+    Backup(backup::BackupArgs),
+    /// pg_restore a backup into new databases `<--db-prefix><service>` and report what the
+    /// copy holds (sagas in flight, outbox rows to send again, orphans).
+    Restore(backup::RestoreArgs),
     /// Benchmarks (real work on the real stores; figures beside the raw store's).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -172,6 +181,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Orders(cmd) => orders::run(&cli.order, cmd).await,
         Command::Outbox(cmd) => outbox::run(&databases, cmd).await,
         Command::Check(args) => check::run(&databases, args).await,
+        Command::Backup(args) => backup::run_backup(&databases, &args).await,
+        Command::Restore(args) => backup::run_restore(&databases, &args).await,
         Command::Bench(b) => bench::run(&cli.pg_url, &kafka, b).await,
     }
 }

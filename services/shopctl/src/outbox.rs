@@ -23,17 +23,21 @@ pub enum OutboxCmd {
 
 #[derive(Args)]
 pub struct ListArgs {
-    /// One service, or every PostgreSQL service when omitted.
+    /// One service, or every service with an outbox when omitted.
     #[arg(long)]
     service: Option<String>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    stores: crate::outbox_stores::Stores,
 }
 
 #[derive(Args)]
 pub struct RedriveArgs {
     #[arg(long)]
     service: String,
+    #[command(flatten)]
+    stores: crate::outbox_stores::Stores,
     /// One row by id; every parked row of the service when omitted.
     #[arg(long)]
     id: Option<i64>,
@@ -76,7 +80,31 @@ pub async fn run(dbs: &Databases, cmd: OutboxCmd) -> anyhow::Result<()> {
     match cmd {
         OutboxCmd::List(args) => {
             let mut report = Vec::new();
-            for service in services(args.service.as_deref())? {
+            let others: Vec<&str> = match args.service.as_deref() {
+                None => vec!["cart", "catalog"],
+                Some(s @ ("cart" | "catalog")) => vec![s],
+                Some(_) => vec![],
+            };
+            for service in others.iter().copied() {
+                let (pending, parked) = crate::outbox_stores::list(&args.stores, service).await?;
+                report.push(serde_json::json!({
+                    "service": service, "pending": pending, "parked": parked,
+                }));
+                if !args.json {
+                    println!(
+                        "{service:<10} pending {pending:>6}  parked {}",
+                        parked.len()
+                    );
+                    for (id, error) in &parked {
+                        println!("  {id}: {error}");
+                    }
+                }
+            }
+            let pg = match args.service.as_deref() {
+                Some("cart" | "catalog") => vec![],
+                one => services(one)?,
+            };
+            for service in pg {
                 let pool = service_pool(dbs, service).await?;
                 let backlog = shop_messaging::outbox::backlog(&pool).await?;
                 let parked = shop_messaging::outbox::parked(&pool, 1000).await?;
@@ -126,6 +154,11 @@ pub async fn run(dbs: &Databases, cmd: OutboxCmd) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", serde_json::Value::Array(report));
             }
+            Ok(())
+        }
+        OutboxCmd::Redrive(args) if matches!(args.service.as_str(), "cart" | "catalog") => {
+            let n = crate::outbox_stores::redrive(&args.stores, &args.service).await?;
+            println!("{}: {n} parked message(s) back in line", args.service);
             Ok(())
         }
         OutboxCmd::Redrive(args) => {

@@ -1,4 +1,5 @@
-//! The messaging figures and the derived data (search index, analytics) against their sources.
+//! The messaging figures and the derived data (search index, analytics, recommendations)
+//! against their sources.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -139,6 +140,77 @@ pub async fn analytics(
     }
     for id in recorded.difference(&completed) {
         check.violation(id, "completed in analytics, not in the order service");
+    }
+    Ok(check)
+}
+
+/// Each completed order was counted by the recommendations (its `rec-seen` marker, kept 30
+/// days), and every pair of SKUs bought together scores at least as many completed orders as
+/// hold both (other tenants' orders may add to a score, never take from it).
+pub async fn recommendations(
+    dbs: &Databases,
+    args: &CheckArgs,
+    tenant: Option<&str>,
+) -> anyhow::Result<Check> {
+    let mut check = Check::new("derived.recommendations");
+    let order = service_pool(dbs, "order").await?;
+    let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT o.order_id::text, o.items FROM order_summary o
+         WHERE o.status = 'COMPLETED' AND o.updated_at > now() - interval '29 days'
+           AND ($1::text IS NULL OR o.tenant_id = $1)",
+    )
+    .bind(tenant)
+    .fetch_all(&order)
+    .await?;
+    order.close().await;
+    let mut redis =
+        redis::aio::ConnectionManager::new(redis::Client::open(args.redis_url.as_str())?).await?;
+    let prefix = &args.topic_prefix;
+    let mut pairs: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for chunk in rows.chunks(500) {
+        let mut pipe = redis::pipe();
+        for (id, _) in chunk {
+            pipe.exists(format!("{prefix}rec-seen:{id}"));
+        }
+        let seen: Vec<bool> = pipe.query_async(&mut redis).await?;
+        for ((id, items), seen) in chunk.iter().zip(seen) {
+            check.item();
+            if !seen {
+                check.violation(id, "completed, not counted by the recommendations");
+            }
+            let mut skus: Vec<String> = items
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["sku"].as_str().map(str::to_owned))
+                .collect();
+            skus.sort();
+            skus.dedup();
+            for a in &skus {
+                for b in &skus {
+                    if a != b {
+                        *pairs.entry((a.clone(), b.clone())).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    let pairs: Vec<((String, String), i64)> = pairs.into_iter().collect();
+    for chunk in pairs.chunks(500) {
+        let mut pipe = redis::pipe();
+        for ((a, b), _) in chunk {
+            pipe.zscore(format!("{prefix}rec:{a}"), b);
+        }
+        let scores: Vec<Option<f64>> = pipe.query_async(&mut redis).await?;
+        for (((a, b), want), score) in chunk.iter().zip(scores) {
+            let got = score.unwrap_or(0.0) as i64;
+            if got < *want {
+                check.violation(
+                    format!("{a}+{b}"),
+                    format!("bought together in {want} completed orders, scored {got}"),
+                );
+            }
+        }
     }
     Ok(check)
 }

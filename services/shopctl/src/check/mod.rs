@@ -18,6 +18,7 @@
 //! | `messaging.dead_letters` | reported (a dead letter is a message the platform refused by rule) |
 //! | `derived.search` | the search index has each product's price and version |
 //! | `derived.analytics` | analytics knows every completed order, and only those |
+//! | `derived.recommendations` | each completed order (of the last 29 days) was counted, and every pair of its SKUs scores at least the completed orders that hold both |
 //!
 //! Only orders whose saga has ended are judged across services; a violation must still be
 //! there when the checks run a second time (after `--confirm-after`), so a message in flight at
@@ -75,6 +76,12 @@ pub struct CheckArgs {
     pub clickhouse_url: String,
     #[arg(long, default_value = "shop_analytics")]
     pub analytics_database: String,
+    /// The catalog's Redis (recommendations).
+    #[arg(long, env = "SHOP_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// The environment's topic prefix (the catalog's Redis keys start with it).
+    #[arg(long, env = "SHOP_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
 }
 
 /// One invariant over many items.
@@ -153,6 +160,7 @@ async fn look(
     if !args.core_only {
         checks.push(derived::search(args).await?);
         checks.push(derived::analytics(dbs, args, tenant).await?);
+        checks.push(derived::recommendations(dbs, args, tenant).await?);
     }
     Ok(checks)
 }

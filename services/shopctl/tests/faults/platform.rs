@@ -21,8 +21,15 @@ pub const SERVICES: &[&str] = &[
     "cart",
     "analytics",
 ];
-/// The services whose outbox relay has the exit-after-publish hook (the PostgreSQL relay).
-pub const RELAY_SERVICES: &[&str] = &["order", "payment", "inventory", "shipping"];
+/// The services with an outbox relay (each has the exit-after-publish hook of the one loop).
+pub const RELAY_SERVICES: &[&str] = &[
+    "order",
+    "payment",
+    "inventory",
+    "shipping",
+    "cart",
+    "catalog",
+];
 /// Each PostgreSQL consumer's group (= its inbox's name), without the run's prefix.
 pub const PG_GROUPS: &[(&str, &str)] = &[
     ("order", "order-saga"),
@@ -35,6 +42,9 @@ pub const PG_URL: &str = "postgres://shop:shop@127.0.0.1:5432/postgres";
 pub struct Platform {
     /// Prefix of everything this platform owns (databases, topics, index).
     pub run: String,
+    /// Its Kafka topic and consumer-group prefix, with the dot (`<run>.` unless
+    /// [`Options::topics`] said otherwise).
+    pub topics: String,
     pub broker: PrivateBroker,
     grpc: BTreeMap<&'static str, u16>,
     env: BTreeMap<&'static str, Vec<(String, String)>>,
@@ -51,10 +61,34 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// How [`Platform::start_with`] names what the platform owns.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// The prefix of its databases (`<run>_<service>`; ones that exist are used as they are, a
+    /// restored copy say), Mongo database, search index and ClickHouse database. Default: new.
+    pub run: Option<String>,
+    /// Its topic and consumer-group prefix, without the dot. Default: `run`.
+    pub topics: Option<String>,
+    /// Settings (or fault hooks) per service.
+    pub extra: &'a [(&'static str, &'a str, &'a str)],
+}
+
 impl Platform {
     /// Starts every service; `extra` adds settings (or fault hooks) per service.
     pub async fn start(extra: &[(&'static str, &str, &str)]) -> Self {
-        let run = format!("f{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        Self::start_with(Options {
+            extra,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Starts every service, on a private broker of its own, named as `options` say.
+    pub async fn start_with(options: Options<'_>) -> Self {
+        let Options { run, topics, extra } = options;
+        let run =
+            run.unwrap_or_else(|| format!("f{}", &uuid::Uuid::now_v7().simple().to_string()[20..]));
+        let topics = format!("{}.", topics.as_deref().unwrap_or(&run));
         let broker = PrivateBroker::start().await;
         let logs = std::env::temp_dir().join(format!("shop-faults-{run}"));
         std::fs::create_dir_all(&logs).expect("log dir");
@@ -69,7 +103,7 @@ impl Platform {
                     "SHOP__KAFKA__BROKERS".into(),
                     format!("127.0.0.1:{}", broker.port),
                 ),
-                ("SHOP__KAFKA__TOPIC_PREFIX".into(), format!("{run}.")),
+                ("SHOP__KAFKA__TOPIC_PREFIX".into(), topics.clone()),
                 (
                     "SHOP__DATABASE__URL".into(),
                     format!("postgres://shop:shop@127.0.0.1:5432/{run}_{s}"),
@@ -101,6 +135,7 @@ impl Platform {
         }
         let mut p = Self {
             run,
+            topics,
             broker,
             grpc,
             env,
@@ -162,7 +197,7 @@ impl Platform {
     /// The private broker's settings, with this platform's topic prefix.
     pub fn kafka(&self) -> shop_messaging::kafka::KafkaSettings {
         shop_messaging::kafka::KafkaSettings {
-            topic_prefix: format!("{}.", self.run),
+            topic_prefix: self.topics.clone(),
             client_id: "fault-matrix".into(),
             ..self.broker.settings()
         }
@@ -222,6 +257,11 @@ impl Platform {
 
     /// `shopctl check` on this platform's stores for `tenant`: (passed, its JSON report).
     pub async fn check(&self, tenant: &str) -> (bool, serde_json::Value) {
+        self.check_with(tenant, &[]).await
+    }
+
+    /// [`Platform::check`] with more arguments (`--core-only`, say).
+    pub async fn check_with(&self, tenant: &str, more: &[&str]) -> (bool, serde_json::Value) {
         let out = Command::new(self.bin.join("shopctl"))
             .args([
                 "check",
@@ -231,9 +271,11 @@ impl Platform {
                 "--tenant",
                 tenant,
             ])
+            .args(more)
             .args(["--catalog-database", &format!("{}_catalog", self.run)])
             .args(["--search-index", &format!("{}-products", self.run)])
             .args(["--analytics-database", &format!("{}_analytics", self.run)])
+            .args(["--topic-prefix", &self.topics])
             .env("SHOP_DB_PREFIX", format!("{}_", self.run))
             .env("SHOP_PG_URL", PG_URL)
             .output()
