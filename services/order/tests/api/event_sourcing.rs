@@ -570,23 +570,37 @@ async fn an_event_met_after_a_later_version_of_its_stream_still_counts() {
 #[tokio::test]
 async fn a_cancelled_rebuild_does_not_keep_the_rebuild_lock() {
     let (pool, settings) = scratch_store().await;
-    let v1: serde_json::Value =
-        serde_json::from_str(include_str!("../fixtures/order_placed_v1.json")).expect("fixture");
-    sqlx::query(
-        "INSERT INTO events (stream_id, version, event_type, schema_version, payload)
-         SELECT gen_random_uuid(), 1, 'order_placed', 1, $1 FROM generate_series(1, 3000)",
-    )
-    .bind(&v1)
-    .execute(&pool)
-    .await
-    .expect("3000 orders");
+    // Hold the rebuild after it took its lock: it waits for this table lock on its first read.
+    let mut blocker = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE projection_checkpoint IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
     // Dropped while it runs: as when the gRPC client of RebuildReadModels disconnects.
     let cancelled =
-        tokio::time::timeout(Duration::from_millis(30), projection::rebuild(&pool)).await;
+        tokio::time::timeout(Duration::from_millis(500), projection::rebuild(&pool)).await;
     assert!(
         cancelled.is_err(),
-        "the rebuild should still have been running"
+        "the rebuild should still have been waiting"
     );
+    blocker.rollback().await.expect("unlock");
+    // No session of this (private) database may still hold an advisory lock: the dropped
+    // rebuild's connection is closed (in the background: give it a moment, not more). The old
+    // code returned it to the pool, lock and all.
+    let held = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND a.datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("locks")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held().await > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held().await, 0, "the cancelled rebuild's lock is gone");
     let again = projection::rebuild(&pool).await;
     assert!(again.is_ok(), "a later rebuild runs: {:?}", again.err());
     pool.close().await;
