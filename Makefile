@@ -25,7 +25,10 @@ down:
 ## come up while the tests compile)
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target stack build-tests
-	$(CARGO) test --workspace --all-targets --no-fail-fast
+	@rm -f target/tmp/fault-matrix.txt
+	$(CARGO) test --workspace --all-targets --no-fail-fast; status=$$?; \
+	  if [ -s target/tmp/fault-matrix.txt ]; then echo "fault matrix:"; cat target/tmp/fault-matrix.txt; fi; \
+	  exit $$status
 
 ## test-crash: only the test that SIGKILLs the order service mid-run (it is in `make test` too).
 test-crash: stack

@@ -139,13 +139,13 @@ async fn every_fault_leaves_every_invariant_intact() {
     }
     let dead_letters = storms::dead_letters(&p).await;
 
-    println!(
-        "\n{:<28} {:>6} {:>9} {:>9} {:>7} {:>10} {:>8}",
+    let mut table = format!(
+        "{:<28} {:>6} {:>9} {:>9} {:>7} {:>10} {:>8}\n",
         "scenario", "orders", "completed", "cancelled", "pending", "violations", "settle"
     );
     for r in &rows {
-        println!(
-            "{:<28} {:>6} {:>9} {:>9} {:>7} {:>10} {:>7.1}s",
+        table.push_str(&format!(
+            "{:<28} {:>6} {:>9} {:>9} {:>7} {:>10} {:>7.1}s\n",
             r.scenario,
             r.orders,
             r.completed,
@@ -153,9 +153,17 @@ async fn every_fault_leaves_every_invariant_intact() {
             r.pending,
             r.violations,
             r.settle.as_secs_f64()
-        );
+        ));
     }
-    println!("dead letters after the poison scenario: {dead_letters:?}");
+    table.push_str(&format!(
+        "dead letters after the poison scenario: {dead_letters:?}\n"
+    ));
+    println!("\n{table}");
+    // `make test` prints it after the suite (libtest keeps a passing test's output to itself).
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-matrix.txt"),
+        &table,
+    );
     let failed: Vec<&Row> = rows
         .iter()
         .filter(|r| r.violations > 0 || r.pending > 0 || r.completed == 0)
