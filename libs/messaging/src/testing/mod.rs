@@ -129,10 +129,17 @@ impl CommandChannel {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let m = tokio::time::timeout(left, self.replies.recv())
+            let m = match tokio::time::timeout(left, self.replies.recv())
                 .await
                 .unwrap_or_else(|_| panic!("nothing about {key} within 30 s"))
-                .expect("consume reply");
+            {
+                Ok(m) => m,
+                // Subscribed before the service created the topic (a fresh broker): it comes.
+                Err(rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                )) => continue,
+                Err(e) => panic!("consume reply: {e}"),
+            };
             let env = EventEnvelope::decode(m.payload().unwrap_or_default())
                 .expect("reply is an envelope");
             if env.aggregate_id == key && !skip.contains(&env.event_type.as_str()) {
