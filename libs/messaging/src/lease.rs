@@ -3,9 +3,9 @@
 //! A PostgreSQL relay claims buckets with advisory locks that end with its transaction. An
 //! outbox in Redis or MongoDB has no such lock, so one relay at a time holds a lease: a Redis key
 //! naming its holder with an expiry, taken or renewed by one script (check and set in one step:
-//! two relays can never both believe they hold it). The lease outlives a round's longest wait
-//! on the broker (`ttl`); a holder that dies loses it after `ttl`. If a holder is stalled past
-//! `ttl` (a pause longer than the lease), another relay may publish the same messages: that is
+//! two relays can never both believe they hold it). It is renewed every round and kept short
+//! (`ttl`, a few polls), so a holder that dies holds the outbox back for `ttl` only. A round
+//! that outlives `ttl` (a slow broker) may let another relay publish the same messages: that is
 //! a duplicate, which every consumer absorbs by event id, never a loss.
 
 use std::time::Duration;

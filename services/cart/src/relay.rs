@@ -68,8 +68,10 @@ pub fn relay(
         poll_interval: poll,
         ..LoopConfig::default()
     };
-    // The lease outlives the longest wait of a round on the broker.
-    let ttl = config.delivery_timeout * 2;
+    // Renewed every round; short, so a relay that died (SIGKILL) holds the stream back for
+    // seconds only. A round that outlives it (a broker outage) may let another relay publish
+    // the same entries: duplicates, absorbed by event id.
+    let ttl = (poll * 10).max(Duration::from_secs(2));
     Relay::new(CartOutbox::new(redis, stream, ttl), kafka, config)
 }
 

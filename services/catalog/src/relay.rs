@@ -52,7 +52,8 @@ pub fn relay(
         poll_interval: poll,
         ..LoopConfig::default()
     };
-    let lease = RedisLease::new(redis, lease_key, config.delivery_timeout * 2);
+    // Renewed every round; short, so a relay that died holds the outbox back for seconds only.
+    let lease = RedisLease::new(redis, lease_key, (poll * 10).max(Duration::from_secs(2)));
     Relay::new(
         CatalogOutbox {
             products,

@@ -83,10 +83,16 @@ impl PrivateBroker {
             child: None,
         };
         // A cluster id is 16 bytes in URL-safe base64 without padding (what `random-uuid` prints).
-        let cluster_id = base64::Engine::encode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            uuid::Uuid::new_v4().as_bytes(),
-        );
+        // (One starting with '-' would be read as an option by the storage tool.)
+        let cluster_id = loop {
+            let id = base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                uuid::Uuid::new_v4().as_bytes(),
+            );
+            if !id.starts_with('-') {
+                break id;
+            }
+        };
         let formatted = broker
             .java("kafka.tools.StorageTool")
             .args(["format", "--standalone", "-t", &cluster_id])
