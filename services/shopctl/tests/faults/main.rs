@@ -54,6 +54,7 @@ async fn scenario(p: &mut Platform, c: &Clients, name: &str, fault: Fault) -> Ro
         _ => {}
     }
     let started = Instant::now();
+    let mut restarted = true;
     let (ids, ()) = futures::join!(load::burst(c, &tenant), async {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         match fault {
@@ -67,7 +68,7 @@ async fn scenario(p: &mut Platform, c: &Clients, name: &str, fault: Fault) -> Ro
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 p.broker.restart().await;
             }
-            Fault::Postgres => storms::restart_postgres().await,
+            Fault::Postgres => restarted = storms::restart_postgres().await,
             Fault::RelaysExit => {
                 // The burst gives every relay an event but the catalog's: a product change.
                 load::touch_product(c, &tenant).await;
@@ -96,7 +97,11 @@ async fn scenario(p: &mut Platform, c: &Clients, name: &str, fault: Fault) -> Ro
     let (passed, report) = p.check(&tenant).await;
     let violations = report["violations"].as_u64().unwrap_or(u64::MAX);
     Row {
-        scenario: name.to_owned(),
+        scenario: if restarted {
+            name.to_owned()
+        } else {
+            format!("{name} (skipped: not stack.sh's server)")
+        },
         orders: ids.len(),
         completed,
         cancelled,
