@@ -56,9 +56,9 @@ pub async fn search(args: &CheckArgs) -> anyhow::Result<Check> {
     if args.search_url.is_empty() {
         return Ok(check);
     }
-    let mongo = mongodb::Client::with_uri_str(&args.mongo_url).await?;
+    let mongo = mongodb::Client::with_uri_str(&args.stores.mongo_url).await?;
     let products = mongo
-        .database(&args.catalog_database)
+        .database(&args.stores.catalog_database)
         .collection::<mongodb::bson::Document>("products");
     let index =
         shop_catalog::search::elastic::Elastic::connect(&args.search_url, &args.search_index)
@@ -164,8 +164,9 @@ pub async fn recommendations(
     .await?;
     order.close().await;
     let mut redis =
-        redis::aio::ConnectionManager::new(redis::Client::open(args.redis_url.as_str())?).await?;
-    let prefix = &args.topic_prefix;
+        redis::aio::ConnectionManager::new(redis::Client::open(args.stores.redis_url.as_str())?)
+            .await?;
+    let prefix = &args.stores.topic_prefix;
     let mut pairs: BTreeMap<(String, String), i64> = BTreeMap::new();
     for chunk in rows.chunks(500) {
         let mut pipe = redis::pipe();

@@ -55,15 +55,10 @@ pub struct CheckArgs {
     /// Skip the derived-data checks (search, analytics): for a platform without those services.
     #[arg(long)]
     pub core_only: bool,
-    /// The catalog's MongoDB.
-    #[arg(
-        long,
-        env = "SHOP_MONGO_URL",
-        default_value = "mongodb://127.0.0.1:27017"
-    )]
-    pub mongo_url: String,
-    #[arg(long, default_value = "shop_catalog")]
-    pub catalog_database: String,
+    /// The catalog's MongoDB and Redis and the environment's topic prefix (the same options
+    /// as `shopctl outbox`).
+    #[command(flatten)]
+    pub stores: crate::outbox_stores::Stores,
     #[arg(long, env = "SHOP_SEARCH_URL", default_value = "http://127.0.0.1:9200")]
     pub search_url: String,
     #[arg(long, default_value = "products")]
@@ -76,12 +71,6 @@ pub struct CheckArgs {
     pub clickhouse_url: String,
     #[arg(long, default_value = "shop_analytics")]
     pub analytics_database: String,
-    /// The catalog's Redis (recommendations).
-    #[arg(long, env = "SHOP_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// The environment's topic prefix (the catalog's Redis keys start with it).
-    #[arg(long, env = "SHOP_TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
 }
 
 /// One invariant over many items.
