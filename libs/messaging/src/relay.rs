@@ -124,22 +124,44 @@ pub trait Source: Send + Sync + 'static {
     }
 }
 
-/// The settle step marks, per group, the acked prefix: this computes which deliveries count
-/// as published (true) under that rule.
-pub fn published_prefix(messages: &[Message], deliveries: &[Delivery]) -> Vec<bool> {
+/// What settling does with one claimed message, by the one rule every source follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate<'a> {
+    /// Acked, and every earlier message of its group too: mark it published.
+    Published,
+    /// The first failure of its group: record it (and park it if `permanent` and due).
+    Failed { error: &'a str, permanent: bool },
+    /// After its group's first failure (or not sent): leave it pending, untouched.
+    Held,
+}
+
+/// The fate of each delivery, given each message's ordering group (same order as claimed):
+/// per group the acked prefix is published and the first failure recorded.
+pub fn fates<'a>(
+    groups: impl IntoIterator<Item = u64>,
+    deliveries: &'a [Delivery],
+) -> Vec<Fate<'a>> {
     let mut stopped: HashSet<u64> = HashSet::new();
-    messages
-        .iter()
+    groups
+        .into_iter()
         .zip(deliveries)
-        .map(|(m, d)| {
-            if stopped.contains(&m.group) {
-                return false;
+        .map(|(group, d)| {
+            if stopped.contains(&group) {
+                return Fate::Held;
             }
-            if *d == Delivery::Acked {
-                true
-            } else {
-                stopped.insert(m.group);
-                false
+            match d {
+                Delivery::Acked => Fate::Published,
+                Delivery::Failed { error, permanent } => {
+                    stopped.insert(group);
+                    Fate::Failed {
+                        error,
+                        permanent: *permanent,
+                    }
+                }
+                Delivery::NotSent => {
+                    stopped.insert(group);
+                    Fate::Held
+                }
             }
         })
         .collect()
@@ -464,9 +486,10 @@ mod tests {
             Delivery::Acked,
             Delivery::NotSent,
         ];
-        assert_eq!(
-            published_prefix(&messages, &deliveries),
-            [true, false, true, false, false]
-        );
+        let published: Vec<bool> = fates(messages.iter().map(|m| m.group), &deliveries)
+            .into_iter()
+            .map(|f| f == Fate::Published)
+            .collect();
+        assert_eq!(published, [true, false, true, false, false]);
     }
 }

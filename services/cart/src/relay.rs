@@ -17,7 +17,7 @@ use shop_messaging::{
     envelope::bucket_of,
     kafka::KafkaSettings,
     lease::RedisLease,
-    relay::{Delivery, LoopConfig, Message, Relay, Settled, Source, published_prefix},
+    relay::{Delivery, Fate, LoopConfig, Message, Relay, Settled, Source, fates},
 };
 
 pub struct CartOutbox {
@@ -149,43 +149,36 @@ impl Source for CartOutbox {
         park_after: u32,
     ) -> anyhow::Result<Settled> {
         let mut conn = self.redis.clone();
-        let published = published_prefix(&claim.messages, &deliveries);
+        let fates = fates(claim.messages.iter().map(|m| m.group), &deliveries);
         let mut done: Vec<&String> = claim.malformed.iter().collect();
         let mut settled = Settled::default();
-        let mut stopped = std::collections::HashSet::new();
-        for ((id, m), (d, ok)) in claim
-            .ids
-            .iter()
-            .zip(&claim.messages)
-            .zip(deliveries.iter().zip(published))
-        {
-            if ok {
-                done.push(id);
-                settled.published += 1;
-                continue;
-            }
-            if !stopped.insert(m.group) {
-                continue;
-            }
-            if let Delivery::Failed { error, permanent } = d {
-                settled.failed += 1;
-                let attempts: u32 = conn.hincr(self.attempts(), id, 1).await?;
-                if *permanent && attempts >= park_after {
-                    let key = String::from_utf8_lossy(&m.key).into_owned();
-                    let _: () = redis::pipe()
-                        .atomic()
-                        .hset(self.parked(), id, error)
-                        .hset_nx(self.parked_keys(), &key, id)
-                        .query_async(&mut conn)
-                        .await?;
-                    settled.parked += 1;
-                    tracing::error!(
-                        id,
-                        key,
-                        error,
-                        "cart outbox entry parked: the broker refuses it for good"
-                    );
+        for ((id, m), fate) in claim.ids.iter().zip(&claim.messages).zip(fates) {
+            match fate {
+                Fate::Published => {
+                    done.push(id);
+                    settled.published += 1;
                 }
+                Fate::Failed { error, permanent } => {
+                    settled.failed += 1;
+                    let attempts: u32 = conn.hincr(self.attempts(), id, 1).await?;
+                    if permanent && attempts >= park_after {
+                        let key = String::from_utf8_lossy(&m.key).into_owned();
+                        let _: () = redis::pipe()
+                            .atomic()
+                            .hset(self.parked(), id, error)
+                            .hset_nx(self.parked_keys(), &key, id)
+                            .query_async(&mut conn)
+                            .await?;
+                        settled.parked += 1;
+                        tracing::error!(
+                            id,
+                            key,
+                            error,
+                            "cart outbox entry parked: the broker refuses it for good"
+                        );
+                    }
+                }
+                Fate::Held => {}
             }
         }
         if !done.is_empty() {

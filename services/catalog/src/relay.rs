@@ -19,7 +19,7 @@ use shop_messaging::{
     envelope::bucket_of,
     kafka::KafkaSettings,
     lease::RedisLease,
-    relay::{Delivery, LoopConfig, Message, Relay, Settled, Source, published_prefix},
+    relay::{Delivery, Fate, LoopConfig, Message, Relay, Settled, Source, fates},
 };
 
 use crate::store::{WriteLocks, parse_entry};
@@ -125,14 +125,14 @@ impl Source for CatalogOutbox {
         deliveries: Vec<Delivery>,
         park_after: u32,
     ) -> anyhow::Result<Settled> {
-        let published = published_prefix(&messages, &deliveries);
+        let fates = fates(messages.iter().map(|m| m.group), &deliveries);
         let mut settled = Settled::default();
         let mut at = 0;
         for c in claimed {
             let range = at..at + c.entries;
             at = range.end;
             let _guard = self.locks.lock(&c.sku).await;
-            if published[range.clone()].iter().all(|p| *p) {
+            if fates[range.clone()].iter().all(|f| *f == Fate::Published) {
                 // Clear only what was read: a concurrent update bumped the version and pushed
                 // more, and then nothing is cleared (all of it goes again next round).
                 let cleared = self
@@ -150,8 +150,8 @@ impl Source for CatalogOutbox {
                 }
                 continue;
             }
-            let failure = deliveries[range].iter().find_map(|d| match d {
-                Delivery::Failed { error, permanent } => Some((error.clone(), *permanent)),
+            let failure = fates[range].iter().find_map(|f| match f {
+                Fate::Failed { error, permanent } => Some(((*error).to_owned(), *permanent)),
                 _ => None,
             });
             let Some((error, permanent)) = failure else {

@@ -27,7 +27,7 @@
 //! `NOTIFY outbox` (sent by a trigger at commit) or the poll interval, whichever is first.
 //! Published rows are deleted after `retention` by a background sweep.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use prost::Message;
@@ -270,26 +270,19 @@ impl crate::relay::Source for PgOutbox {
         deliveries: Vec<crate::relay::Delivery>,
         park_after: u32,
     ) -> anyhow::Result<crate::relay::Settled> {
-        use crate::relay::Delivery;
+        use crate::relay::{Fate, fates};
         let PgClaim { mut tx, rows } = claim;
-        // Per bucket (the messages' group): the acked prefix is published, the first failure
-        // recorded.
-        let mut stopped: HashSet<i16> = HashSet::new();
+        // The groups are the buckets.
+        let groups = rows.iter().map(|(_, b)| u64::try_from(*b).unwrap_or(0));
         let mut published = Vec::new();
         let mut failures: Vec<(i64, String, bool)> = Vec::new();
-        for ((id, bucket), d) in rows.iter().zip(&deliveries) {
-            if stopped.contains(bucket) {
-                continue;
-            }
-            match d {
-                Delivery::Acked => published.push(*id),
-                Delivery::Failed { error, permanent } => {
-                    stopped.insert(*bucket);
-                    failures.push((*id, error.clone(), *permanent));
+        for ((id, _), fate) in rows.iter().zip(fates(groups, &deliveries)) {
+            match fate {
+                Fate::Published => published.push(*id),
+                Fate::Failed { error, permanent } => {
+                    failures.push((*id, error.to_owned(), permanent));
                 }
-                Delivery::NotSent => {
-                    stopped.insert(*bucket);
-                }
+                Fate::Held => {}
             }
         }
         sqlx::query(
