@@ -47,12 +47,20 @@ fmt:
 bench: stack build-release
 	./target/release/shopctl bench relay
 
-## bench-saga: whole sagas at constant offered loads beside pgbench; restarts the services as
-## release builds and leaves those running
+## bench-saga: whole sagas at constant open-loop offered loads beside the box's limits (issue 13),
+## then the same with one hot SKU and account; restarts the services as release builds on a
+## fresh set of topics (`bench-<time>.` prefix, the same for the services, the bench and the
+## checker's SHOP_TOPIC_PREFIX) and leaves those running. JSON lines in target/tmp/bench-saga*.json.
+## Arguments: BENCH_ARGS="--rates 500,1000 --seconds 30 ...", HOT_ARGS (the hot-key run's).
+HOT_ARGS ?= --rates 50,250 --seconds 30 --skip-limits
 bench-saga: stack build-release
 	$(SERVICES) down
-	SHOP_BIN_DIR=$(CURDIR)/target/release $(SERVICES) up
-	./target/release/shopctl bench saga
+	mkdir -p target/tmp
+	export SHOP__KAFKA__TOPIC_PREFIX=bench-$$(date +%s).; \
+	export SHOP_TOPIC_PREFIX=$$SHOP__KAFKA__TOPIC_PREFIX; \
+	SHOP_BIN_DIR=$(CURDIR)/target/release $(SERVICES) up && \
+	./target/release/shopctl bench saga --json-out target/tmp/bench-saga.json $(BENCH_ARGS) && \
+	./target/release/shopctl bench saga --hot-key --json-out target/tmp/bench-saga-hot.json $(HOT_ARGS)
 
 ## smoke: events outbox -> broker -> inbox between two scratch databases, checked
 smoke: stack build

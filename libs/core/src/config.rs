@@ -120,6 +120,13 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// Create the database if it does not exist (local stack, tests). Off where a DBA owns it.
     pub create_if_missing: bool,
+    /// Whether this pool's transactions fire the `NOTIFY` triggers (outbox, event store). Off:
+    /// the service wakes its relay and projection in-process (`shop_messaging::wake`), and its
+    /// commits do not queue on PostgreSQL's cluster-wide notify lock.
+    pub notify: bool,
+    /// Ping every connection before handing it out (one more round trip per acquire). Off: a
+    /// dead connection fails its first statement instead, which callers retry.
+    pub test_before_acquire: bool,
 }
 
 impl DatabaseSettings {
@@ -129,6 +136,8 @@ impl DatabaseSettings {
             url: format!("postgres://shop:shop@127.0.0.1:5432/{name}"),
             max_connections: 16,
             create_if_missing: true,
+            notify: false,
+            test_before_acquire: false,
         }
     }
 }

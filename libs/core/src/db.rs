@@ -19,11 +19,17 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .context("database.url is not a valid PostgreSQL URL")?
         .log_statements(log::LevelFilter::Trace)
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(1));
+    let options = if settings.notify {
+        options
+    } else {
+        options.options([("shop.notify", "off")])
+    };
     if settings.create_if_missing {
         create_database_if_missing(&options).await?;
     }
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
+        .test_before_acquire(settings.test_before_acquire)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await

@@ -427,6 +427,7 @@ impl<H: Handler> Inbox<H> {
             match stop {
                 Stop::Clean | Stop::Undecodable => {
                     tx.commit().await.context("commit inbox transaction")?;
+                    crate::wake::committed();
                     let stuck = outcomes.len() < msgs.len();
                     return Ok((outcomes, stuck));
                 }
@@ -557,6 +558,7 @@ impl<H: Handler> Inbox<H> {
         match self.handler.handle(&mut tx, envelope).await {
             Ok(()) => {
                 tx.commit().await.context("commit inbox transaction")?;
+                crate::wake::committed();
                 Ok(Ok(Outcome::Processed))
             }
             Err(e) => {

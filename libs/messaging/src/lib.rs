@@ -6,7 +6,8 @@
 //! - [`kafka`]: producer and consumer settings (idempotent producer, manual offset store), topics.
 //! - [`outbox`]: [`outbox::enqueue`] inside the caller's transaction, and the [`outbox::Relay`]
 //!   that publishes rows in per-key order, marks them only after the broker acks, wakes on
-//!   `LISTEN/NOTIFY` and cleans up.
+//!   the writer's commit ([`wake`]; `LISTEN/NOTIFY` for writers outside the process) and
+//!   cleans up.
 //! - [`relay`]: the one relay loop (claim -> publish in order -> settle, parking, producer
 //!   renewal, metrics) over a [`relay::Source`]: PostgreSQL rows here, the cart's Redis stream,
 //!   the catalog's in-document outbox.
@@ -20,9 +21,10 @@
 //! - [`smoke`]: the smallest real flow over both (ordered ticks), for tests, demo and benchmark.
 //! - `testing` (feature): scratch databases, topic namespaces and a command channel for tests.
 //! - [`topics`]: topic names and event types, the Kafka half of the contract.
+//! - [`wake`]: in-process wake-ups after a commit (instead of NOTIFY inside data transactions).
 //! - [`migrate`]: the outbox and inbox tables, run by each service before its own migrations.
 //!
-//! The flow of one event: service tx { state change + `enqueue` } -> COMMIT -> NOTIFY ->
+//! The flow of one event: service tx { state change + `enqueue` } -> COMMIT -> wake ->
 //! relay claims the bucket -> produce (key = aggregate id) -> ack -> mark published ->
 //! consumer -> tx { inbox row + effect } -> COMMIT -> offset commit.
 
@@ -39,6 +41,7 @@ pub mod smoke;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topics;
+pub mod wake;
 
 pub use envelope::{EventEnvelope, NewEvent};
 pub use shop_proto::events;

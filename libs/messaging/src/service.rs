@@ -27,6 +27,8 @@ pub struct RelaySettings {
     pub max_buckets: i64,
     pub poll_interval_ms: u64,
     pub retention_secs: u64,
+    /// Marks committed with `synchronous_commit = off` (see [`RelayConfig::async_marks`]).
+    pub async_marks: bool,
 }
 
 impl Default for RelaySettings {
@@ -38,6 +40,7 @@ impl Default for RelaySettings {
             max_buckets: d.max_buckets,
             poll_interval_ms: d.poll_interval.as_millis() as u64,
             retention_secs: d.retention.as_secs(),
+            async_marks: d.async_marks,
         }
     }
 }
@@ -49,6 +52,7 @@ impl RelaySettings {
             max_buckets: self.max_buckets,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             retention: Duration::from_secs(self.retention_secs),
+            async_marks: self.async_marks,
             ..RelayConfig::default()
         }
     }

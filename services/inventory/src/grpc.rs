@@ -68,6 +68,7 @@ impl InventoryService for Inventory {
         .await
         .map_err(ServiceError::from)?;
         tx.commit().await.map_err(ServiceError::from)?;
+        shop_messaging::wake::committed();
         Ok(Response::new(StockLevel {
             tenant_id: tenant.to_owned(),
             sku: sku.as_str().to_owned(),

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{Acquire, PgConnection};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// An event to append.
@@ -54,9 +54,16 @@ pub enum AppendError {
 /// Appends `events` to `stream` if it is at `expected` version now; returns them as recorded
 /// (versions, positions, the database's timestamps).
 ///
-/// Two writers that loaded the same version race on the `(stream_id, version)` unique key: one
-/// inserts, the other gets [`AppendError::Conflict`]. The insert runs in a savepoint, so the
-/// loser's transaction stays usable: it can reload and try again in place.
+/// Two writers that loaded the same version race on the `(stream_id, version)` unique key: the
+/// loser's insert waits for the winner's commit and then inserts nothing (`ON CONFLICT DO
+/// NOTHING`), so it gets [`AppendError::Conflict`] with its transaction still usable: it can
+/// reload and try again in place. No savepoint: a transaction applying a batch of messages
+/// appends to many streams, and more than 64 savepoints in one transaction overflow PostgreSQL's
+/// subtransaction cache, which slows every snapshot of the server.
+///
+/// (An append that inserted only some of its events, which takes a writer appending a
+/// different number of events at the same version without the saga lock, is an error that
+/// must roll the whole transaction back.)
 pub async fn append(
     conn: &mut PgConnection,
     stream: Uuid,
@@ -71,13 +78,13 @@ pub async fn append(
         expected,
         actual: expected,
     })?;
-    let mut sp = conn.begin().await?;
-    let inserted: Result<Vec<Recorded>, _> = sqlx::query_as(&format!(
+    let mut rows: Vec<Recorded> = sqlx::query_as(&format!(
         "INSERT INTO events (stream_id, version, event_type, schema_version, payload, metadata)
          SELECT $1, $2 + e.ord::int - 1, e.event_type, e.schema_version, e.payload, e.metadata
          FROM UNNEST($3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
               WITH ORDINALITY AS e(event_type, schema_version, payload, metadata, ord)
          WHERE (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1) = $2 - 1
+         ON CONFLICT (stream_id, version) DO NOTHING
          RETURNING {RECORDED_COLUMNS}"
     ))
     .bind(stream)
@@ -96,25 +103,21 @@ pub async fn append(
             .map(|e| e.metadata.clone())
             .collect::<Vec<_>>(),
     )
-    .fetch_all(&mut *sp)
-    .await;
-    match inserted {
-        Ok(mut rows) if rows.len() == events.len() => {
-            sp.commit().await?;
-            rows.sort_by_key(|r| r.version);
-            Ok(rows)
-        }
-        Ok(_) => {
-            // The stream is not where the caller thinks (behind or ahead of it).
-            sp.rollback().await?;
-            Err(conflict(conn, stream, expected).await)
-        }
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            sp.rollback().await?;
-            Err(conflict(conn, stream, expected).await)
-        }
-        Err(e) => Err(e.into()),
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() == events.len() {
+        rows.sort_by_key(|r| r.version);
+        return Ok(rows);
     }
+    if rows.is_empty() {
+        // The stream is not where the caller thinks (behind or ahead of it).
+        return Err(conflict(conn, stream, expected).await);
+    }
+    Err(AppendError::Db(sqlx::Error::Protocol(format!(
+        "stream {stream}: {} of {} events appended at version {first} beside another writer; roll the transaction back",
+        rows.len(),
+        events.len()
+    ))))
 }
 
 async fn conflict(conn: &mut PgConnection, stream: Uuid, expected: u64) -> AppendError {

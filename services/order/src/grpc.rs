@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
+    admission::Admission,
     domain::{
         order::NewOrder,
         saga::{Event, State},
@@ -31,6 +32,8 @@ pub struct Orders {
     /// How long `GetOrder` waits for the read model to reach `min_stream_version` before it
     /// answers from the stream instead.
     read_your_writes_wait: std::time::Duration,
+    /// The bound on sagas in flight (new orders past it are shed).
+    admission: Admission,
 }
 
 impl Orders {
@@ -38,11 +41,13 @@ impl Orders {
         pool: PgPool,
         saga: Orchestrator,
         read_your_writes_wait: std::time::Duration,
+        admission: Admission,
     ) -> Self {
         Self {
             pool,
             saga,
             read_your_writes_wait,
+            admission,
         }
     }
 
@@ -187,6 +192,22 @@ impl OrderService for Orders {
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<PlaceOrderResponse>, Status> {
         let new = NewOrder::parse(request.get_ref())?;
+        if !self.admission.open() {
+            // Shed, unless the key is taken: a retry of an accepted order starts nothing.
+            let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
+            let taken = repository::key_taken(&mut conn, &new.tenant_id, &new.idempotency_key)
+                .await
+                .map_err(ServiceError::from)?;
+            if !taken {
+                metrics::counter!("orders_shed_total").increment(1);
+                return Err(ServiceError::ResourceExhausted(format!(
+                    "{} orders in progress, at most {}: retry later",
+                    self.admission.in_flight(),
+                    self.admission.max()
+                ))
+                .into());
+            }
+        }
         let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
         let (id, fingerprint, created) = repository::claim_key(
             &mut tx,
@@ -220,6 +241,10 @@ impl OrderService for Orders {
                 .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?
         };
         tx.commit().await.map_err(ServiceError::from)?;
+        shop_messaging::wake::committed();
+        if created {
+            self.admission.admitted();
+        }
         Ok(Response::new(PlaceOrderResponse {
             order: Some(aggregate_proto(&order)),
             created,
@@ -429,6 +454,7 @@ impl Orders {
             .map_err(ServiceError::from)?
             .ok_or(ServiceError::NotFound(id.to_string()))?;
         tx.commit().await.map_err(ServiceError::from)?;
+        shop_messaging::wake::committed();
         Ok(Response::new(saga_proto(row, after.as_ref())))
     }
 }

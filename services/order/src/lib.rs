@@ -9,6 +9,7 @@
 //!   the order's events, their upcasting, and the aggregate folded from them.
 //! - [`eventstore`]: append with an expected version (conflict = typed error), read, snapshots.
 //! - [`orders`]: an order loaded (snapshot + tail) and saved (snapshot every N events).
+//! - [`admission`]: the bound on sagas in flight, past which PlaceOrder sheds new orders.
 //! - [`repository`]: idempotency keys and the saga index.
 //! - [`saga`]: the orchestrator: each transition appends to the order's stream, updates the saga
 //!   index and enqueues its commands and events in one transaction; the reply handler; the
@@ -20,6 +21,7 @@
 //!   saga operations `GetSaga`, `ListSagas`, `RetrySaga`, `CompensateSaga`.
 //! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
+pub mod admission;
 pub mod domain;
 pub mod eventstore;
 pub mod grpc;
@@ -50,6 +52,13 @@ pub struct SagaSettings {
     /// Commit and compensations: retried every this long until answered.
     pub settle_timeout_ms: u64,
     pub sweep_interval_ms: u64,
+    /// Most sagas in flight: past it, PlaceOrder sheds new orders with RESOURCE_EXHAUSTED
+    /// (0: no bound). See [`admission`].
+    pub max_in_flight: u64,
+    /// How often the sagas in flight are counted for that bound.
+    pub admission_refresh_ms: u64,
+    /// Publish each saga decision on `shop.order.saga` (nothing here consumes it).
+    pub publish_progress: bool,
 }
 
 impl Default for SagaSettings {
@@ -63,6 +72,9 @@ impl Default for SagaSettings {
             ship_attempts: 3,
             settle_timeout_ms: 30_000,
             sweep_interval_ms: 1_000,
+            max_in_flight: 500,
+            admission_refresh_ms: 100,
+            publish_progress: false,
         }
     }
 }
@@ -150,11 +162,13 @@ pub async fn build(
     let orchestrator = saga::Orchestrator {
         topics: topics.clone(),
         policy: settings.saga.policy(),
+        publish_progress: settings.saga.publish_progress,
         store: orders::OrderStore {
             snapshot_every: settings.event_store.snapshot_every,
         },
     };
     let es = settings.event_store.clone();
+    let admission = admission::Admission::new(settings.saga.max_in_flight);
     let (mut app, pool) = service::build(
         "order",
         s,
@@ -171,6 +185,7 @@ pub async fn build(
                     pool.clone(),
                     orchestrator.clone(),
                     Duration::from_millis(es.read_your_writes_wait_ms),
+                    admission.clone(),
                 ))),
             )
         },
@@ -194,6 +209,11 @@ pub async fn build(
     app.spawn(projection::run(
         pool.clone(),
         Duration::from_millis(settings.event_store.projection_poll_ms),
+        shutdown.clone(),
+    ));
+    app.spawn(admission.run(
+        pool.clone(),
+        Duration::from_millis(settings.saga.admission_refresh_ms),
         shutdown.clone(),
     ));
     let sweep = Duration::from_millis(settings.saga.sweep_interval_ms);

@@ -7,7 +7,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::saga::{Saga, State, Step};
+use crate::domain::{
+    clock,
+    saga::{Saga, State, Step},
+};
 
 /// Records `key` for `order_id` unless it was used before; returns the order stored under the
 /// key, its request fingerprint, and whether it was recorded now.
@@ -41,6 +44,21 @@ pub async fn claim_key(
     Ok((id, fp, false))
 }
 
+/// Whether `key` was used before (by an order that was placed).
+pub async fn key_taken(
+    conn: &mut PgConnection,
+    tenant: &str,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM order_keys WHERE tenant_id = $1 AND idempotency_key = $2)",
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_one(conn)
+    .await
+}
+
 // ---- sagas ----
 
 /// A saga row: the machine's state plus bookkeeping.
@@ -52,6 +70,8 @@ pub struct SagaRow {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The outbox event id of the command in flight.
+    pub command_id: Option<Uuid>,
 }
 
 type SagaTuple = (
@@ -64,9 +84,9 @@ type SagaTuple = (
     Option<String>,
     DateTime<Utc>,
     DateTime<Utc>,
+    Option<Uuid>,
 );
-const SAGA_COLUMNS: &str =
-    "saga_id, state, to_compensate, attempts, deadline, reason, last_error, created_at, updated_at";
+const SAGA_COLUMNS: &str = "saga_id, state, to_compensate, attempts, deadline, reason, last_error, created_at, updated_at, command_id";
 
 fn saga_from(t: SagaTuple) -> SagaRow {
     SagaRow {
@@ -81,6 +101,7 @@ fn saga_from(t: SagaTuple) -> SagaRow {
         last_error: t.6,
         created_at: t.7,
         updated_at: t.8,
+        command_id: t.9,
     }
 }
 
@@ -89,13 +110,15 @@ pub async fn insert_saga(
     id: Uuid,
     saga: &Saga,
     deadline: Option<DateTime<Utc>>,
+    command_id: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO saga (saga_id, state, to_compensate, attempts, deadline) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query("INSERT INTO saga (saga_id, state, to_compensate, attempts, deadline, command_id) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(id)
         .bind(saga.state.as_str())
         .bind(step_names(&saga.to_compensate))
         .bind(i32::try_from(saga.attempts).unwrap_or(i32::MAX))
         .bind(deadline)
+        .bind(command_id)
         .execute(conn)
         .await?;
     Ok(())
@@ -146,11 +169,12 @@ pub async fn save_saga(
     id: Uuid,
     saga: &Saga,
     deadline: Option<DateTime<Utc>>,
+    command_id: Option<Uuid>,
     last_error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE saga SET state = $2, to_compensate = $3, attempts = $4, deadline = $5, reason = $6,
-                last_error = COALESCE($7, last_error), updated_at = now(),
+                last_error = COALESCE($7, last_error), updated_at = now(), command_id = $8,
                 finished_at = CASE WHEN $2 IN ('COMPLETED', 'CANCELLED') THEN now() END
          WHERE saga_id = $1",
     )
@@ -161,6 +185,7 @@ pub async fn save_saga(
     .bind(deadline)
     .bind(&saga.reason)
     .bind(last_error)
+    .bind(command_id)
     .execute(conn)
     .await?;
     Ok(())
@@ -171,13 +196,55 @@ fn step_names(steps: &[Step]) -> Vec<String> {
 }
 
 /// Sagas whose deadline passed, locked (others' locked ones skipped: several instances share).
-pub async fn due_sagas(conn: &mut PgConnection, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT saga_id FROM saga WHERE deadline < now() ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
+pub async fn due_sagas(conn: &mut PgConnection, limit: i64) -> Result<Vec<SagaRow>, sqlx::Error> {
+    let rows: Vec<SagaTuple> = sqlx::query_as(&format!(
+        "SELECT {SAGA_COLUMNS} FROM saga WHERE deadline < now()
+         ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
     .bind(limit)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(saga_from).collect())
+}
+
+/// Where the command with outbox event id `event_id` is: unsent, published (when), or settled
+/// (parked, or no longer in the outbox).
+pub async fn command_state(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+) -> Result<clock::Command, sqlx::Error> {
+    let row: Option<(Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+        "SELECT published_at, parked_at IS NOT NULL FROM outbox WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        Some((None, false)) => clock::Command::Unsent,
+        Some((Some(at), _)) => clock::Command::Published(at),
+        Some((None, true)) | None => clock::Command::Settled,
+    })
+}
+
+/// Moves a saga's deadline, nothing else.
+pub async fn reschedule(
+    conn: &mut PgConnection,
+    id: Uuid,
+    deadline: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE saga SET deadline = $2 WHERE saga_id = $1")
+        .bind(id)
+        .bind(deadline)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// How many sagas are running (not yet completed or cancelled).
+pub async fn open_sagas(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM saga WHERE finished_at IS NULL")
+        .fetch_one(conn)
+        .await
 }
 
 /// A page of sagas, oldest first, optionally in one state and/or past their deadline.

@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
+        clock,
         order::NewOrder,
         saga::{Command, Event, Policy, Saga, SagaEvent, Step},
         stream::{Order, OrderEvent, Placed},
@@ -91,6 +92,9 @@ pub struct Orchestrator {
     pub topics: Topics,
     pub policy: Policy,
     pub store: OrderStore,
+    /// Publish every saga decision as `order.saga_progressed` (nothing in the platform consumes
+    /// it: four more messages per saga for whoever follows sagas closely). Off by default.
+    pub publish_progress: bool,
 }
 
 /// How many times a transition reloads and decides again after losing an append race.
@@ -122,7 +126,6 @@ impl Orchestrator {
                 &meta,
             )
             .await?;
-        repository::insert_saga(conn, id, &order.saga, Some(self.deadline(&order.saga))).await?;
         let placed = order.placed.clone().ok_or(sqlx::Error::RowNotFound)?;
         let event = OrderPlaced {
             order_id: id.to_string(),
@@ -138,6 +141,9 @@ impl Orchestrator {
             let command = self.command(&order, first).caused_by(&out[0].envelope);
             out.push(command);
         }
+        let command_id = out.get(1).and_then(command_id);
+        let deadline = self.deadline(&order.saga);
+        repository::insert_saga(conn, id, &order.saga, Some(deadline), command_id).await?;
         outbox::enqueue_all(conn, &out).await?;
         Ok(order)
     }
@@ -190,7 +196,6 @@ impl Orchestrator {
         };
         // Every state but the terminal ones has a command in flight, and so a deadline.
         let deadline = (!order.saga.state.is_terminal()).then(|| self.deadline(&order.saga));
-        repository::save_saga(conn, id, &order.saga, deadline, order.last_error.as_deref()).await?;
         let mut out = Vec::new();
         if let Some(command) = order.saga.in_flight() {
             let mut e = self.command(&order, command);
@@ -199,6 +204,16 @@ impl Orchestrator {
             }
             out.push(e);
         }
+        let command = out.first().and_then(command_id);
+        repository::save_saga(
+            conn,
+            id,
+            &order.saga,
+            deadline,
+            command,
+            order.last_error.as_deref(),
+        )
+        .await?;
         out.extend(
             appended
                 .iter()
@@ -233,6 +248,7 @@ impl Orchestrator {
                 };
                 self.order_event(order, types::ORDER_CANCELLED, &cancelled)
             }
+            OrderEvent::Saga(_) if !self.publish_progress => return None,
             OrderEvent::Saga(fact) => {
                 let (step, reason) = match fact {
                     SagaEvent::StepDone { step } => (step.name().to_owned(), String::new()),
@@ -272,11 +288,20 @@ impl Orchestrator {
         })
     }
 
-    fn deadline(&self, saga: &Saga) -> chrono::DateTime<Utc> {
+    /// How long the command in flight may wait for its answer: the step's timeout, doubled for
+    /// every retry before it, plus jitter ([`clock::wait`]).
+    fn wait(&self, saga: &Saga) -> Duration {
         let timeout = saga
             .policy_for_in_flight(&self.policy)
             .map_or(self.policy.settle.timeout, |p| p.timeout);
-        Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::seconds(30))
+        clock::wait(timeout, saga.attempts, fastrand::f64())
+    }
+
+    /// The first look at the command in flight: one wait from now (the sweep then moves it to
+    /// one wait from the command's publication, see [`clock::due`]).
+    fn deadline(&self, saga: &Saga) -> chrono::DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::from_std(self.wait(saga)).unwrap_or(chrono::Duration::seconds(30))
     }
 
     fn order_event(
@@ -397,21 +422,35 @@ impl Orchestrator {
         }
     }
 
-    /// One sweep: returns how many sagas timed out. Each saga is advanced in a transaction of
+    /// One sweep: returns how many sagas timed out. A saga whose command is still unsent, or was
+    /// published less than one wait ago, only has its deadline moved ([`clock::due`]). Each saga is advanced in a transaction of
     /// its own, oldest deadline first. One that cannot be advanced (a stream that no longer
     /// decodes, a lost deadlock, no stream at all) is rolled back, gets its error recorded and
     /// its deadline pushed back by [`SWEEP_RETRY`], and the sweep goes on to the next: no saga
     /// holds back the others.
     pub async fn time_out_due(&self, pool: &PgPool) -> anyhow::Result<usize> {
-        let mut timed_out = 0;
+        let (mut timed_out, mut rescheduled) = (0, 0);
         for _ in 0..100 {
             let mut tx = pool.begin().await?;
-            let Some(id) = repository::due_sagas(&mut tx, 1).await?.into_iter().next() else {
+            let Some(due) = repository::due_sagas(&mut tx, 1).await?.into_iter().next() else {
                 break;
             };
+            let (id, saga) = (due.saga_id, due.saga);
+            // The step's clock starts when its command is published.
+            let state = match due.command_id {
+                Some(event_id) => repository::command_state(&mut tx, event_id).await?,
+                None => clock::Command::Settled,
+            };
+            if let clock::Due::Later(at) = clock::due(Utc::now(), state, self.wait(&saga)) {
+                repository::reschedule(&mut tx, id, at).await?;
+                tx.commit().await?;
+                rescheduled += 1;
+                continue;
+            }
             let error = match self.advance(&mut tx, id, &Event::TimedOut, None).await {
                 Ok(Some(_)) => {
                     tx.commit().await?;
+                    shop_messaging::wake::committed();
                     timed_out += 1;
                     continue;
                 }
@@ -424,12 +463,24 @@ impl Orchestrator {
             let until = Utc::now() + SWEEP_RETRY;
             repository::defer_saga(&mut *pool.acquire().await?, id, until, &error).await?;
         }
+        if rescheduled > 0 {
+            tracing::debug!(
+                count = rescheduled,
+                "saga deadlines moved to one wait after their command's publication"
+            );
+            metrics::counter!("saga_deadlines_moved_total").increment(rescheduled as u64);
+        }
         if timed_out > 0 {
             tracing::info!(count = timed_out, "sagas timed out");
             metrics::counter!("saga_timeouts_total").increment(timed_out as u64);
         }
         Ok(timed_out)
     }
+}
+
+/// The outbox event id of a command message.
+fn command_id(e: &NewEvent) -> Option<Uuid> {
+    Uuid::parse_str(&e.envelope.event_id).ok()
 }
 
 fn tenant(order: &Order) -> String {

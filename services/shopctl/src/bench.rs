@@ -19,20 +19,15 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
-    /// Whole sagas (placed -> completed) at constant offered loads, beside pgbench's commit rate.
     /// Rows/s from Kafka into ClickHouse beside raw inserts into the same server.
     Analytics {
         #[arg(long, default_value_t = 100_000)]
         events: u64,
     },
-    Saga {
-        /// Offered loads, orders/s.
-        #[arg(long, value_delimiter = ',', default_value = "20,50,100,200,400")]
-        rates: Vec<u32>,
-        /// Seconds per load.
-        #[arg(long, default_value_t = 15)]
-        seconds: u64,
-    },
+    /// Whole sagas at constant open-loop offered loads (send -> terminal event, per-step
+    /// breakdown, CPU per process), beside the box's limits: pgbench, 20-commit chains through
+    /// PostgreSQL alone, raw Kafka and an 8-hop Kafka ping-pong.
+    Saga(crate::bench_saga::SagaArgs),
     /// Order aggregate load time by stream length (replay vs snapshot vs raw SELECT), and the
     /// read-model projection's events/s beside raw single-row inserts.
     EventStore {
@@ -96,14 +91,19 @@ struct RelayBench {
     relay_2_vs_raw: f64,
 }
 
-pub async fn run(pg_url: &str, kafka: &KafkaSettings, bench: Bench) -> anyhow::Result<()> {
+pub async fn run(
+    pg_url: &str,
+    db_prefix: &str,
+    kafka: &KafkaSettings,
+    bench: Bench,
+) -> anyhow::Result<()> {
     match bench {
         Bench::Relay {
             events,
             aggregates,
             batch,
         } => relay(pg_url, kafka, events, aggregates, batch).await,
-        Bench::Saga { rates, seconds } => crate::bench_saga::run(pg_url, &rates, seconds).await,
+        Bench::Saga(args) => crate::bench_saga::run(pg_url, db_prefix, kafka, args).await,
         Bench::Analytics { events } => crate::bench_analytics::run(kafka, events).await,
         Bench::Catalog {
             mongo_url,

@@ -55,6 +55,15 @@ struct Cli {
         global = true
     )]
     kafka: String,
+    /// Prepended to every Kafka topic name: the services' `SHOP__KAFKA__TOPIC_PREFIX`, read
+    /// from the same variable so both sides name the same topics.
+    #[arg(
+        long,
+        env = "SHOP__KAFKA__TOPIC_PREFIX",
+        default_value = "",
+        global = true
+    )]
+    kafka_topic_prefix: String,
     /// The order service's gRPC address.
     #[arg(
         long,
@@ -109,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
     let kafka = shop_messaging::kafka::KafkaSettings {
         brokers: cli.kafka.clone(),
         client_id: "shopctl".into(),
+        topic_prefix: cli.kafka_topic_prefix.clone(),
         ..Default::default()
     };
     let databases = outbox::Databases {
@@ -183,6 +193,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Check(args) => check::run(&databases, args).await,
         Command::Backup(args) => backup::run_backup(&databases, &args).await,
         Command::Restore(args) => backup::run_restore(&databases, &args).await,
-        Command::Bench(b) => bench::run(&cli.pg_url, &kafka, b).await,
+        Command::Bench(b) => bench::run(&cli.pg_url, &cli.db_prefix, &kafka, b).await,
     }
 }

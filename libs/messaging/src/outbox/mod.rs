@@ -24,7 +24,10 @@
 //!    (duplicates, absorbed by the consumers' inbox), never lost.
 //!
 //! [`Relay::run`] loops: straight on while rounds come back full, otherwise it sleeps until a
-//! `NOTIFY outbox` (sent by a trigger at commit) or the poll interval, whichever is first.
+//! writer of this process commits ([`crate::wake`]), a `NOTIFY outbox` (sent at commit by a
+//! trigger, for writers outside the process), or the poll interval, whichever is first.
+//! Marks commit with `synchronous_commit = off` (`async_marks`): a mark lost in a crash only
+//! publishes its rows again, which the consumers' inboxes absorb.
 //! Published rows are deleted after `retention` by a background sweep.
 
 use std::time::Duration;
@@ -128,13 +131,15 @@ pub struct RelayConfig {
     pub metrics_interval: Duration,
     /// Attempts after which a row failing with a [`permanent`] error is parked.
     pub park_after: i32,
+    /// Commit the marks without waiting for their WAL flush (a lost mark = a duplicate).
+    pub async_marks: bool,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch_size: 1000,
-            max_buckets: 16,
+            max_buckets: 64,
             poll_interval: Duration::from_millis(500),
             delivery_timeout: Duration::from_secs(15),
             error_backoff: Duration::from_millis(500),
@@ -142,6 +147,7 @@ impl Default for RelayConfig {
             cleanup_interval: Duration::from_secs(60),
             metrics_interval: Duration::from_secs(5),
             park_after: 5,
+            async_marks: true,
         }
     }
 }
@@ -170,6 +176,7 @@ impl Relay {
                 pool,
                 config,
                 listener: tokio::sync::Mutex::new(None),
+                waiter: tokio::sync::Mutex::new(crate::wake::Waiter::new()),
             },
             kafka,
             loop_config,
@@ -184,6 +191,8 @@ pub struct PgOutbox {
     config: RelayConfig,
     /// `LISTEN outbox`, connected on the first wait.
     listener: tokio::sync::Mutex<Option<PgListener>>,
+    /// Commits of this process's writers.
+    waiter: tokio::sync::Mutex<crate::wake::Waiter>,
 }
 
 /// `id, bucket, event_id, topic, partition_key, event_type, payload` of a pending row.
@@ -207,6 +216,12 @@ impl crate::relay::Source for PgOutbox {
         limit: usize,
     ) -> anyhow::Result<Option<(PgClaim, Vec<crate::relay::Message>)>> {
         let mut tx = self.pool.begin().await.context("begin relay round")?;
+        if self.config.async_marks {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await
+                .context("relay round: synchronous_commit")?;
+        }
         // Advisory locks, not row locks: they take no transaction id, so a round waiting on
         // the broker does not hold back anything that waits for older transactions to finish
         // (e.g. a projection reading in commit-safe order). The subquery is a fence (OFFSET 0,
@@ -327,8 +342,10 @@ impl crate::relay::Source for PgOutbox {
         ));
     }
 
-    /// Until a `NOTIFY outbox` (sent by a trigger at commit) or `poll`, whichever is first.
+    /// Until a commit of this process ([`crate::wake`]), a `NOTIFY outbox` (sent by a trigger
+    /// at commit, for writers elsewhere) or `poll`, whichever is first.
     async fn wait(&self, poll: Duration, shutdown: &CancellationToken) {
+        let mut waiter = self.waiter.lock().await;
         let mut listener = self.listener.lock().await;
         if listener.is_none() {
             match PgListener::connect_with(&self.pool).await {
@@ -339,24 +356,23 @@ impl crate::relay::Source for PgOutbox {
                 Err(e) => tracing::warn!(error = %e, "outbox listener connect failed, polling"),
             }
         }
-        match listener.as_mut() {
-            Some(l) => {
-                tokio::select! {
-                    r = l.recv() => if let Err(e) = r {
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => {
+                    if let Err(e) = l.recv().await {
                         // PgListener reconnects on the next recv; until then, poll.
                         tracing::warn!(error = %e, "outbox listener lost its connection");
                         tokio::time::sleep(poll).await;
-                    },
-                    () = tokio::time::sleep(poll) => {},
-                    () = shutdown.cancelled() => {},
+                    }
                 }
+                None => std::future::pending().await,
             }
-            None => {
-                tokio::select! {
-                    () = tokio::time::sleep(poll) => {},
-                    () = shutdown.cancelled() => {},
-                }
-            }
+        };
+        tokio::select! {
+            () = waiter.changed() => {},
+            () = notified => {},
+            () = tokio::time::sleep(poll) => {},
+            () = shutdown.cancelled() => {},
         }
     }
 }

@@ -44,6 +44,7 @@ pub fn service_settings(service: &str) -> PgServiceSettings {
             url: db_url,
             max_connections: 20,
             create_if_missing: true,
+            ..DatabaseSettings::default()
         },
         kafka: KafkaSettings {
             brokers: std::env::var("SHOP_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into()),

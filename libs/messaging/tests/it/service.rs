@@ -30,6 +30,7 @@ async fn a_service_serves_health_and_metrics_relays_its_outbox_and_stops_on_sign
             url: url.clone(),
             max_connections: 4,
             create_if_missing: true,
+            ..DatabaseSettings::default()
         },
         kafka: kafka.clone(),
         ..PgServiceSettings::default()

@@ -147,6 +147,11 @@ async fn settled_after(
 /// One batch of the live projection in one transaction; returns the events applied.
 pub async fn project_batch(pool: &PgPool) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // A read model and its checkpoint commit together; one lost in a crash is projected again,
+    // so the commit need not wait for its flush.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     // The lock serializes projectors (one per instance) and a rebuild's swap.
     let (g, last_tx, last_pos): (i32, i64, i64) = sqlx::query_as(
         "SELECT generation, last_tx, last_position FROM projection_checkpoint WHERE name = $1 FOR UPDATE",
@@ -209,7 +214,8 @@ pub async fn lag(pool: &PgPool) -> Result<Lag, sqlx::Error> {
     Ok(Lag { events, seconds })
 }
 
-/// The live projection: wakes on each commit to the event store (LISTEN/NOTIFY) or every
+/// The live projection: wakes on each commit to the event store (in-process, or LISTEN/NOTIFY
+/// for writers elsewhere) or every
 /// `poll`, projects what is settled, and exports its lag (metrics and `/healthz`).
 pub async fn run(pool: PgPool, poll: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut listener = match PgListener::connect_with(&pool).await {
@@ -219,6 +225,8 @@ pub async fn run(pool: PgPool, poll: Duration, shutdown: CancellationToken) -> a
             None
         }
     };
+    // The order service's own appends wake it in-process (its connections do not NOTIFY).
+    let mut commits = shop_messaging::wake::Waiter::new();
     let mut last_lag = Instant::now() - Duration::from_secs(10);
     while !shutdown.is_cancelled() {
         let progressed = match catch_up(&pool).await {
@@ -255,6 +263,7 @@ pub async fn run(pool: PgPool, poll: Duration, shutdown: CancellationToken) -> a
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = wait => {}
+            () = commits.changed() => {}
         }
     }
     Ok(())

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 /// A scratch order database with the service's migrations and read models, no service running.
-async fn scratch_store() -> (PgPool, shop_messaging::service::PgServiceSettings) {
+pub async fn scratch_store() -> (PgPool, shop_messaging::service::PgServiceSettings) {
     let settings = testing::service_settings("es");
     let options = PgConnectOptions::from_str(&settings.database.url).expect("url");
     shop_core::db::create_database_if_missing(&options)

@@ -5,6 +5,7 @@
 //! time to settle.
 
 mod load;
+mod overload;
 mod platform;
 mod storms;
 
@@ -23,6 +24,8 @@ struct Row {
     violations: u64,
     settle: Duration,
     report: serde_json::Value,
+    /// What the scenario found beyond the counts (overload: orders shed, outbox drain time).
+    note: String,
 }
 
 /// How a scenario disturbs the platform while its burst runs.
@@ -34,10 +37,14 @@ enum Fault {
     SlowShipping,
     DuplicateStorm,
     Poison,
+    Overload,
 }
 
 async fn scenario(p: &mut Platform, c: &Clients, name: &str, fault: Fault) -> Row {
     let tenant = format!("{}-{name}", p.run);
+    if let Fault::Overload = fault {
+        return overloaded(p, c, name, &tenant).await;
+    }
     load::seed(c, &tenant).await;
     match fault {
         Fault::RelaysExit => {
@@ -85,7 +92,7 @@ async fn scenario(p: &mut Platform, c: &Clients, name: &str, fault: Fault) -> Ro
                 p.restart("shipping", &[("SHOP_FAULT_HANDLER_DELAY_MS", "")])
                     .await;
             }
-            Fault::DuplicateStorm | Fault::Poison => {}
+            Fault::DuplicateStorm | Fault::Poison | Fault::Overload => {}
         }
     });
     let (completed, cancelled, pending) = load::settle(c, &ids, Duration::from_secs(150)).await;
@@ -113,6 +120,41 @@ async fn scenario(p: &mut Platform, c: &Clients, name: &str, fault: Fault) -> Ro
         },
         settle,
         report,
+        note: String::new(),
+    }
+}
+
+/// Far past saturation, then quiet: every saga ends, every outbox drains (both bounded), some
+/// orders were shed, the invariants hold.
+async fn overloaded(p: &mut Platform, c: &Clients, name: &str, tenant: &str) -> Row {
+    let started = Instant::now();
+    let out = overload::run(p, c, tenant).await;
+    let (completed, cancelled, pending) = load::settle(c, &out.ids, Duration::from_secs(5)).await;
+    let settle = started.elapsed();
+    let (passed, report) = p.check(tenant).await;
+    let mut violations = report["violations"].as_u64().unwrap_or(u64::MAX);
+    if !passed || out.shed == 0 || out.drained_after.is_none() {
+        violations = violations.max(1);
+    }
+    Row {
+        scenario: name.to_owned(),
+        orders: out.ids.len(),
+        completed,
+        cancelled,
+        pending,
+        violations,
+        settle,
+        report,
+        note: format!(
+            "shed {} (bound {}), outboxes empty {}",
+            out.shed,
+            overload::MAX_IN_FLIGHT,
+            out.drained_after
+                .map_or("never (60 s)".to_owned(), |d| format!(
+                    "{:.1} s after the last saga",
+                    d.as_secs_f64()
+                ))
+        ),
     }
 }
 
@@ -131,6 +173,7 @@ async fn every_fault_leaves_every_invariant_intact() {
         ("slow-shipping".to_owned(), Fault::SlowShipping),
         ("duplicate-storm".to_owned(), Fault::DuplicateStorm),
         ("poison-messages".to_owned(), Fault::Poison),
+        ("overload-then-quiet".to_owned(), Fault::Overload),
     ]);
     // `SHOP_FAULTS=postgres-restart,kill-order` runs only those (e.g. against a broken build).
     let only = std::env::var("SHOP_FAULTS").unwrap_or_default();
@@ -159,6 +202,9 @@ async fn every_fault_leaves_every_invariant_intact() {
             r.violations,
             r.settle.as_secs_f64()
         ));
+        if !r.note.is_empty() {
+            table.push_str(&format!("  {}: {}\n", r.scenario, r.note));
+        }
     }
     table.push_str(&format!(
         "dead letters after the poison scenario: {dead_letters:?}\n"
