@@ -25,6 +25,7 @@ down:
 ## come up while the tests compile)
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target stack build-tests
+	./target/debug/shopctl prune-topics --prefix test
 	@rm -f target/tmp/fault-matrix.txt
 	$(CARGO) test --workspace --all-targets --no-fail-fast; status=$$?; \
 	  if [ -s target/tmp/fault-matrix.txt ]; then echo "fault matrix:"; cat target/tmp/fault-matrix.txt; fi; \
@@ -55,6 +56,7 @@ bench: stack build-release
 HOT_ARGS ?= --rates 50,250 --seconds 30 --skip-limits
 bench-saga: stack build-release
 	$(SERVICES) down
+	./target/release/shopctl prune-topics --prefix bench-
 	mkdir -p target/tmp
 	export SHOP__KAFKA__TOPIC_PREFIX=bench-$$(date +%s).; \
 	export SHOP_TOPIC_PREFIX=$$SHOP__KAFKA__TOPIC_PREFIX; \

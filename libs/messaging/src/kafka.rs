@@ -223,6 +223,40 @@ impl KafkaSettings {
     }
 }
 
+impl KafkaSettings {
+    /// Deletes every topic whose name starts with one of `prefixes` (the scratch topics tests
+    /// and benchmarks leave on a long-lived broker: past about 20 000 partitions the native
+    /// broker runs out of file descriptors). Returns how many were deleted.
+    pub async fn delete_topics_with_prefix(&self, prefixes: &[String]) -> anyhow::Result<usize> {
+        let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+            self.with_extra(self.base())
+                .create()
+                .context("cannot create Kafka admin client")?,
+        );
+        // librdkafka's call blocks.
+        let metadata = tokio::task::spawn_blocking(move || {
+            admin.inner().fetch_metadata(None, Duration::from_secs(30))
+        })
+        .await?
+        .context("no metadata from the broker")?;
+        let names: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|n| {
+                prefixes
+                    .iter()
+                    .any(|p| !p.is_empty() && n.starts_with(p.as_str()))
+            })
+            .collect();
+        for chunk in names.chunks(200) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            self.delete_topics(&chunk).await?;
+        }
+        Ok(names.len())
+    }
+}
+
 /// The dead-letter topic of `topic`.
 pub fn dead_letter_topic(topic: &str) -> String {
     format!("{topic}.dlq")

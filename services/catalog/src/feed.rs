@@ -3,6 +3,12 @@
 //! `order.completed` feeds the recommendations. Each effect is idempotent on its own (versioned
 //! upsert, plain overwrite, counted-once script), so [`shop_messaging::consumer`] may redeliver.
 //!
+//! The search feed takes what the consumer has already fetched at once ([`index_batch`]):
+//! product changes apply in order, and of a SKU's stock levels only the last is written (one
+//! bulk request for all of them). Events of one SKU arrive in order and a product upsert keeps
+//! the stock it finds, so the index ends where applying each event in turn would leave it; a
+//! burst of orders on one product costs one stock write instead of one per order.
+//!
 //! How long a change takes to be searchable (event time to visible) is exported as
 //! `search_visibility_seconds{kind="price"|"product"|"stock"}`; seed 001 asks for stock under a
 //! minute and price under five.
@@ -84,6 +90,58 @@ pub async fn index(
     Ok(())
 }
 
+/// The search feed over a batch: product changes in order, then the last stock level of each SKU
+/// (in the order the SKUs first appeared), the products' store first, the index in one request.
+pub async fn index_batch(
+    search: &Arc<dyn SearchBackend>,
+    store: &ProductStore,
+    events: &[EventEnvelope],
+) -> Result<(), HandlerError> {
+    for e in events {
+        if e.event_type != types::STOCK_LEVEL_CHANGED {
+            index(search, store, e).await?;
+        }
+    }
+    let levels = last_levels(events)?;
+    if levels.is_empty() {
+        return Ok(());
+    }
+    for (sku, available) in &levels {
+        store.set_stock(sku, *available).await.map_err(transient)?;
+    }
+    search.set_stocks(&levels).await.map_err(transient)?;
+    for e in events
+        .iter()
+        .filter(|e| e.event_type == types::STOCK_LEVEL_CHANGED)
+    {
+        metrics::histogram!("search_visibility_seconds", "kind" => "stock")
+            .record(seconds_since(e));
+    }
+    metrics::counter!("search_stock_levels_coalesced_total")
+        .increment((events.len() - levels.len()) as u64);
+    Ok(())
+}
+
+/// The last stock level of each SKU among `events`, SKUs in the order they first appear.
+fn last_levels(events: &[EventEnvelope]) -> Result<Vec<(String, i64)>, HandlerError> {
+    let mut levels: Vec<(String, i64)> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.event_type == types::STOCK_LEVEL_CHANGED)
+    {
+        let s = StockLevelChanged::decode(e.payload.as_slice())?;
+        match at.get(&s.sku) {
+            Some(&i) => levels[i].1 = s.available,
+            None => {
+                at.insert(s.sku.clone(), levels.len());
+                levels.push((s.sku, s.available));
+            }
+        }
+    }
+    Ok(levels)
+}
+
 /// The recommendations feed: completed orders.
 pub async fn recommend(recs: &Recommendations, e: &EventEnvelope) -> Result<(), HandlerError> {
     if e.event_type != types::ORDER_COMPLETED {
@@ -95,4 +153,39 @@ pub async fn recommend(recs: &Recommendations, e: &EventEnvelope) -> Result<(), 
         .await
         .map_err(transient)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(sku: &str, available: i64) -> EventEnvelope {
+        EventEnvelope {
+            event_type: types::STOCK_LEVEL_CHANGED.into(),
+            payload: StockLevelChanged {
+                sku: sku.into(),
+                available,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn of_each_skus_levels_only_the_last_is_kept_in_first_seen_order() {
+        let product = EventEnvelope {
+            event_type: types::PRODUCT_CHANGED.into(),
+            ..Default::default()
+        };
+        let events = [
+            level("a", 5),
+            product,
+            level("b", 9),
+            level("a", 4),
+            level("a", 3),
+        ];
+        let levels = last_levels(&events).expect("decodes");
+        assert_eq!(levels, vec![("a".to_owned(), 3), ("b".to_owned(), 9)]);
+    }
 }

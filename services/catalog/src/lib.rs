@@ -126,6 +126,9 @@ pub async fn search_backend(s: &SearchSettings) -> anyhow::Result<Arc<dyn search
 /// The file in the embedded index's directory that keeps its replica id.
 pub const REPLICA_ID_FILE: &str = "catalog-replica-id";
 
+/// Most events the search feed applies together (see [`feed::index_batch`]).
+const FEED_BATCH: usize = 500;
+
 fn fresh_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -274,14 +277,15 @@ pub async fn build(
     );
     let (k, stop) = (kafka.clone(), shutdown.clone());
     app.spawn(async move {
-        shop_messaging::consumer::run(
+        shop_messaging::consumer::run_batched(
             &k,
             &search_group,
             &[&catalog_events, &inventory_events],
+            FEED_BATCH,
             stop,
-            |e| {
+            |events| {
                 let (search, store) = (search.clone(), store.clone());
-                async move { feed::index(&search, &store, &e).await }
+                async move { feed::index_batch(&search, &store, &events).await }
             },
         )
         .await

@@ -90,6 +90,12 @@ enum Command {
     Orders(orders::OrdersCmd),
     #[command(subcommand)]
     Outbox(outbox::OutboxCmd),
+    /// Delete the broker's topics whose names start with a prefix (scratch topics of tests and
+    /// benchmarks: `make test` prunes `test`, `make bench-saga` prunes `bench-`).
+    PruneTopics {
+        #[arg(long = "prefix", required = true)]
+        prefixes: Vec<String>,
+    },
     /// gRPC health of every service on the local ports.
     Health,
     /// The platform's invariants, read from every service's own state.
@@ -190,6 +196,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Saga(cmd) => saga::run(&cli.order, cmd).await,
         Command::Orders(cmd) => orders::run(&cli.order, cmd).await,
         Command::Outbox(cmd) => outbox::run(&databases, cmd).await,
+        Command::PruneTopics { prefixes } => {
+            let n = kafka.delete_topics_with_prefix(&prefixes).await?;
+            println!("deleted {n} topics starting with {prefixes:?}");
+            Ok(())
+        }
         Command::Check(args) => check::run(&databases, args).await,
         Command::Backup(args) => backup::run_backup(&databases, &args).await,
         Command::Restore(args) => backup::run_restore(&databases, &args).await,

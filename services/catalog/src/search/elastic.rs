@@ -10,8 +10,8 @@
 
 use anyhow::Context;
 use opensearch::{
-    GetParts, OpenSearch, SearchParts, UpdateParts,
-    http::{StatusCode, transport::Transport},
+    BulkParts, GetParts, OpenSearch, SearchParts, UpdateParts,
+    http::{StatusCode, request::JsonBody, transport::Transport},
     indices::{IndicesCreateParts, IndicesDeleteParts, IndicesExistsParts, IndicesRefreshParts},
 };
 use serde_json::{Value, json};
@@ -145,6 +145,41 @@ impl SearchBackend for Elastic {
             .send()
             .await?;
         ok_json(r).await.map(|_| ())
+    }
+
+    /// One `_bulk` request of scripted updates (the same as [`Self::set_stock`]'s); any item
+    /// that failed fails the call.
+    async fn set_stocks(&self, levels: &[(String, i64)]) -> anyhow::Result<()> {
+        if levels.is_empty() {
+            return Ok(());
+        }
+        let mut body: Vec<JsonBody<Value>> = Vec::with_capacity(levels.len() * 2);
+        for (sku, stock) in levels {
+            body.push(json!({ "update": { "_id": sku, "retry_on_conflict": 5 } }).into());
+            body.push(
+                json!({
+                    "script": { "lang": "painless", "source": "ctx._source.stock = params.s", "params": { "s": stock } },
+                    "upsert": IndexedProduct::stock_only(sku, *stock)
+                })
+                .into(),
+            );
+        }
+        let r = self
+            .client
+            .bulk(BulkParts::Index(&self.index))
+            .body(body)
+            .send()
+            .await?;
+        let answer = ok_json(r).await?;
+        if answer["errors"].as_bool().unwrap_or(true) {
+            let first = answer["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|i| i["update"]["error"].is_object()))
+                .map(|i| i["update"]["error"].to_string())
+                .unwrap_or_default();
+            anyhow::bail!("bulk stock update failed: {first}");
+        }
+        Ok(())
     }
 
     async fn refresh(&self) -> anyhow::Result<()> {

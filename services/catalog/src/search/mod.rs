@@ -87,6 +87,14 @@ pub trait SearchBackend: Send + Sync + 'static {
     async fn upsert_product(&self, p: IndexedProduct) -> anyhow::Result<bool>;
     /// Sets the stock of `sku`; searchable as for [`Self::upsert_product`].
     async fn set_stock(&self, sku: &str, stock: i64) -> anyhow::Result<()>;
+    /// Sets the stock of several SKUs (each at most once), in one request where the backend
+    /// has one; all or, on error, any subset of them (the feed retries the whole batch).
+    async fn set_stocks(&self, levels: &[(String, i64)]) -> anyhow::Result<()> {
+        for (sku, stock) in levels {
+            self.set_stock(sku, *stock).await?;
+        }
+        Ok(())
+    }
     /// Makes every write so far searchable now. The feed never calls it (a forced refresh per
     /// write would cap it at a few dozen events/s); tests that search right after writing do.
     async fn refresh(&self) -> anyhow::Result<()> {

@@ -165,6 +165,23 @@ async fn contract(b: Arc<dyn SearchBackend>) {
     assert_eq!(k.products[0].stock, 5);
     // A shopper's odd input is text, not an error.
     b.search(&q("mug\" AND (")).await.expect("lenient parsing");
+    // Several stock levels at once (the feed's coalesced batch): a listed product keeps its
+    // fields, an unknown SKU gets an unlisted stock-only document.
+    b.set_stocks(&[("c-mug".into(), 7), ("not-yet-listed".into(), 2)])
+        .await
+        .expect("stock levels");
+    let mug = b.get("c-mug").await.expect("get").expect("c-mug");
+    assert_eq!(
+        (mug.stock, mug.listed, mug.name.as_str()),
+        (7, true, "Coffee mug"),
+        "{name}"
+    );
+    let unknown = b
+        .get("not-yet-listed")
+        .await
+        .expect("get")
+        .expect("stock-only");
+    assert_eq!((unknown.stock, unknown.listed), (2, false), "{name}");
 }
 
 #[tokio::test]

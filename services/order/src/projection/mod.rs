@@ -200,10 +200,13 @@ pub struct Lag {
 
 pub async fn lag(pool: &PgPool) -> Result<Lag, sqlx::Error> {
     let (events, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        // The checkpoint as a row subquery, so the range is an index condition: joined, the
+        // comparison was a filter over every event ever recorded (0.8 s per call at 475 000
+        // events, once a second, a fifth of the box's CPU at low load).
         "SELECT count(*), min(e.recorded_at) FROM (
-             SELECT recorded_at FROM events, projection_checkpoint c
-             WHERE c.name = $1 AND (events.tx, events.position) > (c.last_tx, c.last_position)
-             ORDER BY events.tx, events.position LIMIT 100000) e",
+             SELECT recorded_at FROM events
+             WHERE (tx, position) > (SELECT last_tx, last_position FROM projection_checkpoint WHERE name = $1)
+             ORDER BY tx, position LIMIT 100000) e",
     )
     .bind(NAME)
     .fetch_one(pool)

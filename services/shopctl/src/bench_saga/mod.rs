@@ -20,6 +20,7 @@ mod cpu;
 mod kafka_limits;
 mod limits;
 mod load;
+mod pgstats;
 mod report;
 mod stats;
 mod steps;
@@ -145,10 +146,12 @@ pub async fn run(
     let mut points = Vec::new();
     for (n, &rate) in rates.iter().enumerate() {
         let before = cpu::sample();
+        let pg_before = pgstats::sample(&order_db, db_prefix).await.ok();
         let placed = driver.offer(&n.to_string(), rate, args.seconds).await?;
         load::drain(&terminals, &placed.accepted, placed.last_due + drain).await;
         let drained = Instant::now();
         let after = cpu::sample();
+        let pg_after = pgstats::sample(&order_db, db_prefix).await.ok();
         let (mut point, completed) =
             RateReport::build(rate, args.seconds, &placed, &terminals, &clock)?;
         point.drain_s = stats::round2(
@@ -157,6 +160,9 @@ pub async fn run(
                 .as_secs_f64(),
         );
         point.cpu = Some(cpu::diff(&before, &after, point.completed, tck));
+        if let (Some(b), Some(a)) = (&pg_before, &pg_after) {
+            point.postgres = pgstats::per_saga(b, a, point.completed);
+        }
         point.steps = match steps::breakdown(&order_db, &completed).await {
             Ok(rows) => rows,
             Err(e) => {

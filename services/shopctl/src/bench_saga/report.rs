@@ -45,6 +45,8 @@ pub struct RateReport {
     pub send_lag: Latency,
     pub steps: Vec<StepRow>,
     pub cpu: Option<CpuReport>,
+    /// Commits and rows per completed saga, per service database.
+    pub postgres: Vec<super::pgstats::DbPerSaga>,
 }
 
 /// A completed order: (id, due, received), wall clock.
@@ -100,6 +102,7 @@ impl RateReport {
             send_lag: Latency::from_micros(&placed.send_lag),
             steps: vec![],
             cpu: None,
+            postgres: Vec::new(),
         };
         Ok((report, completed))
     }
@@ -236,6 +239,9 @@ pub fn print_rate(p: &RateReport) {
     );
     println!("  bench send lag                      {}", lat(&p.send_lag));
     steps::print(&p.steps);
+    if !p.postgres.is_empty() {
+        super::pgstats::print(&p.postgres);
+    }
     if let Some(c) = &p.cpu {
         cpu::print(c);
     }
