@@ -25,7 +25,7 @@ down:
 ## come up while the tests compile)
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target stack build-tests
-	./target/debug/shopctl prune-topics --prefix test
+	./target/debug/shopctl drop-env --prefix test --topics-only
 	@rm -f target/tmp/fault-matrix.txt
 	$(CARGO) test --workspace --all-targets --no-fail-fast; status=$$?; \
 	  if [ -s target/tmp/fault-matrix.txt ]; then echo "fault matrix:"; cat target/tmp/fault-matrix.txt; fi; \
@@ -49,20 +49,22 @@ bench: stack build-release
 	./target/release/shopctl bench relay
 
 ## bench-saga: whole sagas at constant open-loop offered loads beside the box's limits (issue 13),
-## then the same with one hot SKU and account; restarts the services as release builds on a
-## fresh set of topics (`bench-<time>.` prefix, the same for the services, the bench and the
-## checker's SHOP_TOPIC_PREFIX) and leaves those running. JSON lines in target/tmp/bench-saga*.json.
+## then the same with one hot SKU and account. Runs the services as release builds in a scratch
+## environment of their own (`bench_`: its own databases, topics, index and Redis keys, dropped
+## and made fresh at the start of every run, so the platform's data never mixes with it) and
+## stops them at the end (`make run` brings the platform back). JSON in target/tmp/bench-saga*.json.
 ## Arguments: BENCH_ARGS="--rates 500,1000 --seconds 30 ...", HOT_ARGS (the hot-key run's).
 HOT_ARGS ?= --rates 50,250 --seconds 30 --skip-limits
+BENCH_ENV := bench_
 bench-saga: stack build-release
 	$(SERVICES) down
-	./target/release/shopctl prune-topics --prefix bench-
+	./target/release/shopctl drop-env --prefix $(BENCH_ENV)
 	mkdir -p target/tmp
-	export SHOP__KAFKA__TOPIC_PREFIX=bench-$$(date +%s).; \
-	export SHOP_TOPIC_PREFIX=$$SHOP__KAFKA__TOPIC_PREFIX; \
+	export SHOP_ENV_PREFIX=$(BENCH_ENV) SHOP_DB_PREFIX=$(BENCH_ENV) SHOP__KAFKA__TOPIC_PREFIX=$(BENCH_ENV); \
 	SHOP_BIN_DIR=$(CURDIR)/target/release $(SERVICES) up && \
 	./target/release/shopctl bench saga --json-out target/tmp/bench-saga.json $(BENCH_ARGS) && \
-	./target/release/shopctl bench saga --hot-key --json-out target/tmp/bench-saga-hot.json $(HOT_ARGS)
+	./target/release/shopctl bench saga --hot-key --json-out target/tmp/bench-saga-hot.json $(HOT_ARGS); \
+	status=$$?; $(SERVICES) down; exit $$status
 
 ## smoke: events outbox -> broker -> inbox between two scratch databases, checked
 smoke: stack build

@@ -4,6 +4,11 @@
 #   infra/local/services.sh up     start every service binary (built by `cargo build`), wait for health
 #   infra/local/services.sh down   SIGTERM each (graceful drain), SIGKILL after 15 s
 #
+# SHOP_ENV_PREFIX=bench_ runs them as a scratch environment of their own on the same stores:
+# databases bench_<service>, MongoDB bench_catalog, index bench_products, ClickHouse
+# bench_analytics, topics and Redis keys prefixed bench_ (`shopctl drop-env --prefix bench_`
+# deletes it all); no checker then (it reads the platform's own stores).
+#
 # Logs: .stack/logs/<service>.log (JSON lines). Pids: .stack/run/<service>.pid.
 set -euo pipefail
 
@@ -22,7 +27,15 @@ up() {
     local pidfile="$STACK_DIR/run/$name.pid"
     if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then continue; fi
     port_open "$port" && { log "port $port is taken by something else; $name cannot start"; exit 1; }
-    nohup "$BIN_DIR/shop-$name" >>"$STACK_DIR/logs/$name.log" 2>&1 &
+    if [ -n "${SHOP_ENV_PREFIX:-}" ]; then
+      local p=$SHOP_ENV_PREFIX
+      SHOP__DATABASE__URL="postgres://shop:shop@127.0.0.1:5432/${p}${name}" \
+      SHOP__MONGO__DATABASE="${p}catalog" SHOP__SEARCH__INDEX="${p}products" \
+      SHOP__CLICKHOUSE__DATABASE="${p}analytics" SHOP__KAFKA__TOPIC_PREFIX="$p" \
+        nohup "$BIN_DIR/shop-$name" >>"$STACK_DIR/logs/$name.log" 2>&1 &
+    else
+      nohup "$BIN_DIR/shop-$name" >>"$STACK_DIR/logs/$name.log" 2>&1 &
+    fi
     echo $! > "$pidfile"
   done
   local deadline=$((SECONDS + 60))
@@ -36,6 +49,7 @@ up() {
     done
   done
   log "all ${#SERVICES[@]} services listening"
+  [ -n "${SHOP_ENV_PREFIX:-}" ] && return 0
   # The continuous consistency check: every SHOP_CHECK_EVERY seconds (default 300), metrics on 9108.
   local pidfile="$STACK_DIR/run/checker.pid"
   if ! { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then

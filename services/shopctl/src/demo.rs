@@ -26,6 +26,29 @@ use shop_proto::{
 };
 use tonic::transport::Channel;
 
+/// Places `request` as a client should when the order service sheds load: RESOURCE_EXHAUSTED
+/// (sagas in flight at their bound) is retried with exponential backoff and jitter, for up to
+/// two minutes; the idempotency key makes every retry the same order.
+pub async fn place_order_shed_aware(
+    client: &mut shop_proto::order::order_service_client::OrderServiceClient<Channel>,
+    request: PlaceOrderRequest,
+) -> Result<shop_proto::order::PlaceOrderResponse, tonic::Status> {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match client.place_order(request.clone()).await {
+            Err(s)
+                if s.code() == tonic::Code::ResourceExhausted
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64())).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            other => return other.map(tonic::Response::into_inner),
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Orders to place.
@@ -199,15 +222,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
                 payment_account_id: k.account.clone(),
             };
             async move {
-                let r = client
-                    .place_order(request)
+                let r = place_order_shed_aware(&mut client, request)
                     .await
                     .context("place order (is the order service up?)")?;
-                let id = r
-                    .into_inner()
-                    .order
-                    .context("no order in the response")?
-                    .order_id;
+                let id = r.order.context("no order in the response")?.order_id;
                 Ok((id, i))
             }
         })

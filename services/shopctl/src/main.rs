@@ -23,6 +23,7 @@ mod bench_kafka_txn;
 mod bench_saga;
 mod check;
 mod demo;
+mod env;
 mod health;
 mod orders;
 mod outbox;
@@ -90,12 +91,9 @@ enum Command {
     Orders(orders::OrdersCmd),
     #[command(subcommand)]
     Outbox(outbox::OutboxCmd),
-    /// Delete the broker's topics whose names start with a prefix (scratch topics of tests and
-    /// benchmarks: `make test` prunes `test`, `make bench-saga` prunes `bench-`).
-    PruneTopics {
-        #[arg(long = "prefix", required = true)]
-        prefixes: Vec<String>,
-    },
+    /// Drop a scratch environment from the shared stores (its topics, databases, index, Redis
+    /// keys): `make bench-saga` drops `bench_` before a run, `make test` the tests' `test` topics.
+    DropEnv(env::DropEnvArgs),
     /// gRPC health of every service on the local ports.
     Health,
     /// The platform's invariants, read from every service's own state.
@@ -196,11 +194,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Saga(cmd) => saga::run(&cli.order, cmd).await,
         Command::Orders(cmd) => orders::run(&cli.order, cmd).await,
         Command::Outbox(cmd) => outbox::run(&databases, cmd).await,
-        Command::PruneTopics { prefixes } => {
-            let n = kafka.delete_topics_with_prefix(&prefixes).await?;
-            println!("deleted {n} topics starting with {prefixes:?}");
-            Ok(())
-        }
+        Command::DropEnv(args) => env::run(&cli.pg_url, &kafka, &args).await,
         Command::Check(args) => check::run(&databases, args).await,
         Command::Backup(args) => backup::run_backup(&databases, &args).await,
         Command::Restore(args) => backup::run_restore(&databases, &args).await,
