@@ -12,8 +12,15 @@
 //! makes at-least-once, out-of-order delivery (Kafka redeliveries, a region that was cut off)
 //! harmless: a replica can apply whatever state it receives, however late or often.
 //!
+//! Causal consistency for an object every region writes ([`causal`]) rests on vector clocks
+//! ([`vclock`]): an update is applied only after everything it depends on, and concurrent
+//! writes of one field resolve by a total order that respects causality.
+//!
 //! Replica ids are strings (a region name); the maps are ordered so that a serialized state is
 //! deterministic (equal states, equal bytes).
+
+pub mod causal;
+pub mod vclock;
 
 use std::collections::BTreeMap;
 
