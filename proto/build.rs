@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "shop/inventory/v1/inventory.proto",
     "shop/shipping/v1/shipping.proto",
     "shop/catalog/v1/catalog.proto",
+    "shop/catalog/v1/profiles.proto",
     "shop/cart/v1/cart.proto",
     "shop/analytics/v1/analytics.proto",
 ];

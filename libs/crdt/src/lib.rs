@@ -60,6 +60,22 @@ impl GCounter {
     pub fn of(&self, replica: &str) -> u64 {
         self.entries.get(replica).copied().unwrap_or(0)
     }
+
+    /// Every replica's entry (to send the state over the wire).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.entries.iter().map(|(r, n)| (r.as_str(), *n))
+    }
+
+    /// The state with these entries (a received one).
+    pub fn from_entries<I, S>(entries: I) -> Self
+    where
+        I: IntoIterator<Item = (S, u64)>,
+        S: Into<String>,
+    {
+        Self {
+            entries: entries.into_iter().map(|(r, n)| (r.into(), n)).collect(),
+        }
+    }
 }
 
 /// A counter that goes up and down.
@@ -89,6 +105,16 @@ impl PnCounter {
         } else {
             self.decrement(replica, delta.unsigned_abs());
         }
+    }
+
+    /// The state from its two halves (a received one).
+    pub fn from_parts(up: GCounter, down: GCounter) -> Self {
+        Self { up, down }
+    }
+
+    /// The increments and the decrements.
+    pub fn parts(&self) -> (&GCounter, &GCounter) {
+        (&self.up, &self.down)
     }
 
     pub fn merge(&mut self, other: &PnCounter) {

@@ -28,6 +28,8 @@
 //! | search `query` | at most 200 bytes |
 //! | saga `reason` | at most 500 bytes |
 //! | `page_token` | at most 512 bytes |
+//! | profile `region` | 1-16 bytes of `A-Z a-z 0-9 . _ -` |
+//! | profile field name / value | 1-64 bytes of `A-Z a-z 0-9 . _ -` / at most 1,000 bytes |
 //! | ids the platform issues (`order_id`, `saga_id`, `shipment_id`) | a UUID |
 
 use std::fmt;
@@ -77,6 +79,9 @@ pub const MAX_POSTAL_CODE: usize = 20;
 pub const MAX_PAGE_TOKEN: usize = 512;
 pub const MAX_REASON: usize = 500;
 pub const MAX_QUERY: usize = 200;
+pub const MAX_REGION: usize = 16;
+pub const MAX_FIELD_NAME: usize = 64;
+pub const MAX_FIELD_VALUE: usize = 1_000;
 
 fn too_long(field: &str, max: usize) -> Invalid {
     Invalid::new(field, format!("is longer than {max} bytes"))
@@ -222,6 +227,16 @@ code!(
     /// A stock-keeping unit: 1 to 64 bytes of `A-Z a-z 0-9 . _ -`.
     Sku,
     MAX_SKU
+);
+code!(
+    /// A region (a replica of the profiles): 1 to 16 bytes of `A-Z a-z 0-9 . _ -`.
+    Region,
+    MAX_REGION
+);
+code!(
+    /// The name of a profile field: 1 to 64 bytes of `A-Z a-z 0-9 . _ -`.
+    FieldName,
+    MAX_FIELD_NAME
 );
 
 /// An ISO 4217 currency code: three upper-case letters.

@@ -15,6 +15,10 @@ pub const PAYMENT_EVENTS: &str = "shop.payment.events";
 pub const SHIPPING_COMMANDS: &str = "shop.shipping.commands";
 pub const SHIPPING_EVENTS: &str = "shop.shipping.events";
 pub const CATALOG_EVENTS: &str = "shop.catalog.events";
+/// Profile updates between the regions' replicas (causal; keyed by user id).
+pub const CATALOG_PROFILES: &str = "shop.catalog.profiles";
+/// Per-region product counters (views, likes) as whole CRDT states, keyed by SKU.
+pub const CATALOG_COUNTERS: &str = "shop.catalog.counters";
 pub const CART_EVENTS: &str = "shop.cart.events";
 
 /// `event_type` values, one per payload message.
@@ -46,5 +50,7 @@ pub mod types {
     pub const ORDER_SAGA_PROGRESSED: &str = "order.saga_progressed";
 
     pub const PRODUCT_CHANGED: &str = "catalog.product_changed";
+    pub const PROFILE_UPDATED: &str = "catalog.profile_updated";
+    pub const PRODUCT_COUNTERS: &str = "catalog.product_counters";
     pub const CART_CHECKED_OUT: &str = "cart.checked_out";
 }

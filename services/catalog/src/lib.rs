@@ -12,6 +12,8 @@
 //! - [`recommend`]: "bought together" scores in Redis, counted once per order.
 //! - [`feed`]: the consumers that keep search and recommendations up to date from events.
 //! - [`grpc`]: create / update (optimistic on `expected_version`) / get, search, recommendations.
+//! - [`regions`]: one replica per region (a MongoDB database each) of user profiles (causally
+//!   consistent through Kafka, session tokens) and of product views and likes (CRDT counters).
 //! - [`build`]: the service, assembled; ready (gRPC health) while MongoDB, Redis, the search
 //!   server (the `elasticsearch` backend) and Kafka answer.
 
@@ -19,6 +21,7 @@ pub mod domain;
 pub mod feed;
 pub mod grpc;
 pub mod recommend;
+pub mod regions;
 pub mod relay;
 pub mod search;
 pub mod store;
@@ -31,7 +34,11 @@ use shop_core::{
     readiness::Readiness,
 };
 use shop_messaging::{kafka::KafkaSettings, topics};
-use shop_proto::catalog::catalog_service_server::CatalogServiceServer;
+use shop_proto::catalog::{
+    catalog_service_server::CatalogServiceServer,
+    product_stats_service_server::ProductStatsServiceServer,
+    profile_service_server::ProfileServiceServer,
+};
 use tokio_util::sync::CancellationToken;
 
 /// `SHOP__MONGO__URL`, `SHOP__MONGO__DATABASE`.
@@ -95,6 +102,7 @@ pub struct Settings {
     pub mongo: MongoSettings,
     pub redis: RedisSettings,
     pub search: SearchSettings,
+    pub regions: regions::RegionSettings,
     pub relay_poll_ms: u64,
 }
 
@@ -107,6 +115,7 @@ impl Default for Settings {
             mongo: MongoSettings::default(),
             redis: RedisSettings::default(),
             search: SearchSettings::default(),
+            regions: regions::RegionSettings::default(),
             relay_poll_ms: 100,
         }
     }
@@ -199,8 +208,16 @@ pub async fn build(
     let catalog_events = kafka.topic(topics::CATALOG_EVENTS);
     let inventory_events = kafka.topic(topics::INVENTORY_EVENTS);
     let order_events = kafka.topic(topics::ORDER_EVENTS);
+    let profile_updates = kafka.topic(topics::CATALOG_PROFILES);
+    let counter_states = kafka.topic(topics::CATALOG_COUNTERS);
     kafka
-        .ensure_topics(&[&catalog_events, &inventory_events, &order_events])
+        .ensure_topics(&[
+            &catalog_events,
+            &inventory_events,
+            &order_events,
+            &profile_updates,
+            &counter_states,
+        ])
         .await?;
     let mongo = mongodb::Client::with_uri_str(&settings.mongo.url).await?;
     let products = mongo
@@ -212,6 +229,7 @@ pub async fn build(
             .await?;
     let recommendations = recommend::Recommendations::new(redis.clone(), &kafka.topic_prefix);
     let redis_for_relay = redis.clone();
+    let redis_for_regions = redis.clone();
     let search = search_backend(&settings.search).await?;
     let search_group = search_feed_group(kafka, &settings.search)?;
     tracing::info!(backend = search.name(), group = %search_group, "search backend ready");
@@ -221,13 +239,29 @@ pub async fn build(
         recommendations: recommendations.clone(),
         events_topic: catalog_events.clone(),
     };
+    let regions = Arc::new(regions::Regions::new(
+        &settings.regions,
+        &mongo,
+        &settings.mongo.database,
+        (profile_updates, counter_states),
+    )?);
     let (routes, health) = shop_core::grpc::base_routes()?;
-    let routes = routes.add_service(CatalogServiceServer::new(catalog));
+    let routes = routes
+        .add_service(CatalogServiceServer::new(catalog))
+        .add_service(ProfileServiceServer::new(regions::grpc::Profiles {
+            regions: regions.clone(),
+        }))
+        .add_service(ProductStatsServiceServer::new(regions::grpc::Stats {
+            regions: regions.clone(),
+            products: store.clone(),
+        }));
     let mut readiness = Readiness::new(health, &settings.server);
     let db = mongo.database(&settings.mongo.database);
     let broker = kafka.probe(&catalog_events, readiness.timeout())?;
     readiness
         .serves::<CatalogServiceServer<grpc::Catalog>>()
+        .serves::<ProfileServiceServer<regions::grpc::Profiles>>()
+        .serves::<ProductStatsServiceServer<regions::grpc::Stats>>()
         .probe("kafka", broker)
         .probe("mongodb", move || {
             let db = db.clone();
@@ -275,6 +309,7 @@ pub async fn build(
         )?
         .run(shutdown.clone()),
     );
+    spawn_regions(&mut app, &regions, settings, &redis_for_regions, &shutdown)?;
     let (k, stop) = (kafka.clone(), shutdown.clone());
     app.spawn(async move {
         shop_messaging::consumer::run_batched(
@@ -300,6 +335,53 @@ pub async fn build(
         .await
     });
     Ok(app)
+}
+
+/// Each served region's relays (its profiles' and counters' outboxes) and consumer (the other
+/// regions' changes, as a group of its own: every region reads every change).
+fn spawn_regions(
+    app: &mut shop_core::app::Application,
+    regions: &Arc<regions::Regions>,
+    settings: &Settings,
+    redis: &redis::aio::ConnectionManager,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let kafka = &settings.kafka;
+    let poll = Duration::from_millis(settings.relay_poll_ms);
+    for (name, region) in &regions.served {
+        for (what, docs) in [
+            ("profiles", &region.profiles),
+            ("counters", &region.counters),
+        ] {
+            app.spawn(
+                relay::relay_named(
+                    &format!("{what}-{name}"),
+                    docs.collection.clone(),
+                    docs.locks.clone(),
+                    redis.clone(),
+                    format!("{}outbox:{what}:{name}:lease", kafka.topic_prefix),
+                    kafka,
+                    poll,
+                )?
+                .run(shutdown.clone()),
+            );
+        }
+        let (k, stop, regions) = (kafka.clone(), shutdown.clone(), regions.clone());
+        let group = format!("{}catalog-regions-{name}", kafka.topic_prefix);
+        let name = name.clone();
+        app.spawn(async move {
+            let topics = [
+                regions.profiles_topic.as_str(),
+                regions.counters_topic.as_str(),
+            ];
+            shop_messaging::consumer::run(&k, &group, &topics, stop, |e| {
+                let (regions, name) = (regions.clone(), name.clone());
+                async move { regions.apply(&name, &e).await }
+            })
+            .await
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use shop_messaging::{
 use crate::store::{WriteLocks, parse_entry};
 
 pub struct CatalogOutbox {
+    name: String,
     products: Collection<Document>,
     locks: WriteLocks,
     lease: RedisLease,
@@ -47,6 +48,21 @@ pub fn relay(
     kafka: &KafkaSettings,
     poll: Duration,
 ) -> anyhow::Result<Relay<CatalogOutbox>> {
+    relay_named("catalog", products, locks, redis, lease_key, kafka, poll)
+}
+
+/// The same relay over another collection whose documents keep their outbox the same way
+/// (`_id`, `version`, `outbox`, `outbox_pending`: a region's profiles), named `name` in the
+/// `outbox_*{relay}` metrics.
+pub fn relay_named(
+    name: &str,
+    products: Collection<Document>,
+    locks: WriteLocks,
+    redis: ConnectionManager,
+    lease_key: String,
+    kafka: &KafkaSettings,
+    poll: Duration,
+) -> anyhow::Result<Relay<CatalogOutbox>> {
     let config = LoopConfig {
         batch_size: 1000,
         poll_interval: poll,
@@ -56,6 +72,7 @@ pub fn relay(
     let lease = RedisLease::new(redis, lease_key, (poll * 10).max(Duration::from_secs(2)));
     Relay::new(
         CatalogOutbox {
+            name: name.to_owned(),
             products,
             locks,
             lease,
@@ -69,7 +86,7 @@ impl Source for CatalogOutbox {
     type Claim = (Vec<Claimed>, Vec<Message>);
 
     fn name(&self) -> &str {
-        "catalog"
+        &self.name
     }
 
     async fn claim(&self, limit: usize) -> anyhow::Result<Option<(Self::Claim, Vec<Message>)>> {

@@ -6,8 +6,9 @@ use proptest::prelude::*;
 use shop_fields::arbitrary::{self, assert_no_server_fault, sample};
 use shop_proto::{
     catalog::{
-        CreateProductRequest, GetProductRequest, GetRecommendationsRequest, Product,
-        SearchProductsRequest, UpdateProductRequest,
+        CreateProductRequest, GetProductRequest, GetProductStatsRequest, GetProfileRequest,
+        GetRecommendationsRequest, LikeProductRequest, Product, RecordViewRequest,
+        SearchProductsRequest, SessionToken, UpdateProductRequest, UpdateProfileRequest,
     },
     common::PageRequest,
 };
@@ -93,6 +94,91 @@ async fn no_request_to_the_catalog_is_answered_with_a_server_fault() {
             "GetRecommendations",
             &r,
             &c.get_recommendations(r.clone()).await,
+        );
+    }
+    catalog.stop().await;
+}
+
+#[tokio::test]
+async fn no_request_to_the_profiles_is_answered_with_a_server_fault() {
+    let catalog = spawn_catalog().await;
+    let mut c = catalog.profiles.clone();
+    catalog
+        .create(product("fuzz-stats", "Fuzz", "tools", 100))
+        .await;
+    let strings = sample(arbitrary::string(), 150, 41);
+    let numbers = sample((arbitrary::u64_edge(), arbitrary::u32_edge()), 150, 42);
+    let regions = ["eu", "us", ""];
+    for (i, (s, (n, wait))) in strings.into_iter().zip(numbers).enumerate() {
+        let region = if i % 4 == 3 {
+            s.clone()
+        } else {
+            regions[i % 3].to_owned()
+        };
+        // Waits stay short: a token far ahead makes a valid request wait this long.
+        let wait_ms = wait % 50;
+        let session = Some(SessionToken {
+            clock: [(
+                if i % 2 == 0 {
+                    "eu".to_owned()
+                } else {
+                    s.clone()
+                },
+                n,
+            )]
+            .into(),
+            region: s.clone(),
+        });
+        let r = UpdateProfileRequest {
+            region: region.clone(),
+            user_id: if i % 5 == 0 {
+                s.clone()
+            } else {
+                "fuzz-user".into()
+            },
+            set: [(s.clone(), s.clone()), ("name".into(), s.clone())].into(),
+            remove: vec![s.clone()],
+            session: session.clone().filter(|_| i % 3 == 0),
+            wait_ms: if i % 7 == 0 && wait > 2000 {
+                wait
+            } else {
+                wait_ms
+            },
+        };
+        assert_no_server_fault("UpdateProfile", &r, &c.update_profile(r.clone()).await);
+        let r = GetProfileRequest {
+            region,
+            user_id: s.clone(),
+            session,
+            wait_ms,
+        };
+        assert_no_server_fault("GetProfile", &r, &c.get_profile(r.clone()).await);
+        let mut stats = catalog.stats.clone();
+        let sku = if i % 2 == 0 {
+            "fuzz-stats".to_owned()
+        } else {
+            s.clone()
+        };
+        let r = RecordViewRequest {
+            region: r.region.clone(),
+            sku: sku.clone(),
+            count: wait,
+        };
+        assert_no_server_fault("RecordView", &r, &stats.record_view(r.clone()).await);
+        let r = LikeProductRequest {
+            region: r.region,
+            sku,
+            like: i % 3 == 0,
+        };
+        assert_no_server_fault("LikeProduct", &r, &stats.like_product(r.clone()).await);
+        let r = GetProductStatsRequest {
+            region: r.region,
+            sku: r.sku,
+        };
+        assert_no_server_fault(
+            "GetProductStats",
+            &r,
+            &stats.get_product_stats(r.clone()).await,
         );
     }
     catalog.stop().await;

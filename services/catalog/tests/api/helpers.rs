@@ -5,7 +5,11 @@
 
 use shop_messaging::testing;
 use shop_proto::{
-    catalog::{CreateProductRequest, Product, catalog_service_client::CatalogServiceClient},
+    catalog::{
+        CreateProductRequest, Product, catalog_service_client::CatalogServiceClient,
+        product_stats_service_client::ProductStatsServiceClient,
+        profile_service_client::ProfileServiceClient,
+    },
     common::Money,
 };
 use tokio_util::sync::CancellationToken;
@@ -13,6 +17,8 @@ use tonic::transport::Channel;
 
 pub struct Catalog {
     pub client: CatalogServiceClient<Channel>,
+    pub profiles: ProfileServiceClient<Channel>,
+    pub stats: ProductStatsServiceClient<Channel>,
     pub settings: shop_catalog::Settings,
     stop: CancellationToken,
 }
@@ -54,7 +60,9 @@ pub async fn spawn_catalog_with(settings: shop_catalog::Settings) -> Catalog {
         .expect("uri")
         .connect_lazy();
     Catalog {
-        client: CatalogServiceClient::new(channel),
+        client: CatalogServiceClient::new(channel.clone()),
+        profiles: ProfileServiceClient::new(channel.clone()),
+        stats: ProductStatsServiceClient::new(channel),
         settings,
         stop,
     }
@@ -88,7 +96,12 @@ impl Catalog {
         self.stop.cancel();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         if let Ok(client) = mongodb::Client::with_uri_str(&self.settings.mongo.url).await {
-            let _ = client.database(&self.settings.mongo.database).drop().await;
+            let db = &self.settings.mongo.database;
+            let _ = client.database(db).drop().await;
+            for region in self.settings.regions.names.split(',') {
+                let name = shop_catalog::regions::database_name(db, region.trim());
+                let _ = client.database(&name).drop().await;
+            }
         }
         let _ = shop_catalog::search::elastic::delete_index(
             &self.settings.search.url,
