@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "shop/catalog/v1/profiles.proto",
     "shop/cart/v1/cart.proto",
     "shop/analytics/v1/analytics.proto",
+    "shop/twopc/v1/twopc.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -127,7 +127,10 @@ max_connections = 400
 shared_buffers = 512MB
 CONF
   fi
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$PG_HOME/postgres.log" -w -t 60 start >/dev/null \
+  # max_prepared_transactions: two-phase commit (order's twopc coordinator, PREPARE TRANSACTION
+  # in inventory, payment and shipping); on the command line, so an existing cluster gets it too.
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$PG_HOME/postgres.log" -w -t 60 \
+    -o "-c max_prepared_transactions=64" start >/dev/null \
     || { tail -n 30 "$PG_HOME/postgres.log" >&2; die "postgres did not start"; }
   ln -sf "$PG_HOME/postgres.log" "$LOG_DIR/postgres.log"
   started_here postgres
@@ -467,7 +470,8 @@ cmd_restart() {
   [ "${1:-}" = postgres ] || die "usage: $0 restart postgres"
   grep -qx postgres "$RUN_DIR/started" 2>/dev/null || die "postgres was not started by this stack"
   pg_home
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -l "$PG_HOME/postgres.log" -m fast -w -t 60 restart >/dev/null \
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_HOME/data" -l "$PG_HOME/postgres.log" -m fast -w -t 60 \
+    -o "-c max_prepared_transactions=64" restart >/dev/null \
     || { tail -n 30 "$PG_HOME/postgres.log" >&2; die "postgres did not restart"; }
   log "postgres: restarted (fast shutdown)"
 }

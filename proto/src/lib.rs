@@ -59,6 +59,11 @@ pub mod shop {
             tonic::include_proto!("shop.analytics.v1");
         }
     }
+    pub mod twopc {
+        pub mod v1 {
+            tonic::include_proto!("shop.twopc.v1");
+        }
+    }
 }
 
 pub use shop::analytics::v1 as analytics;
@@ -70,6 +75,7 @@ pub use shop::inventory::v1 as inventory;
 pub use shop::order::v1 as order;
 pub use shop::payment::v1 as payment;
 pub use shop::shipping::v1 as shipping;
+pub use shop::twopc::v1 as twopc;
 
 /// Encoded `FileDescriptorSet` of every proto above, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shop_descriptor");

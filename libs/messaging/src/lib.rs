@@ -21,6 +21,7 @@
 //! - [`smoke`]: the smallest real flow over both (ordered ticks), for tests, demo and benchmark.
 //! - `testing` (feature): scratch databases, topic namespaces and a command channel for tests.
 //! - [`topics`]: topic names and event types, the Kafka half of the contract.
+//! - [`twopc`]: two-phase commit, the participant's side (PREPARE TRANSACTION and its end).
 //! - [`wake`]: in-process wake-ups after a commit (instead of NOTIFY inside data transactions).
 //! - [`migrate`]: the outbox and inbox tables, run by each service before its own migrations.
 //!
@@ -41,6 +42,7 @@ pub mod smoke;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topics;
+pub mod twopc;
 pub mod wake;
 
 pub use envelope::{EventEnvelope, NewEvent};

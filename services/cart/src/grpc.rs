@@ -155,6 +155,7 @@ impl CartService for Carts {
                 items: cart.items(),
                 shipping_address: r.shipping_address,
                 payment_account_id: r.payment_account_id,
+                ..Default::default()
             })
             .await;
         if let Err(s) = &placed

@@ -7,6 +7,7 @@
 //!   concurrent reservations cannot deadlock) and never take more than is available.
 //! - [`commands`]: the saga's commands (reserve, release, commit) arriving through the inbox;
 //!   each effect and its reply commit in one transaction.
+//! - [`twopc`]: its share of an order placed with two-phase commit (the `Participant` service).
 //! - [`grpc`]: `GetStock` and `Restock`.
 //! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
@@ -14,12 +15,14 @@ pub mod commands;
 pub mod domain;
 pub mod grpc;
 pub mod repository;
+pub mod twopc;
 
 use shop_messaging::{
     service::{self, PgServiceSettings},
     topics,
 };
 use shop_proto::inventory::inventory_service_server::InventoryServiceServer;
+use shop_proto::twopc::participant_server::ParticipantServer;
 use tokio_util::sync::CancellationToken;
 
 /// Local-stack defaults: gRPC 50053, metrics 9103, database `shop_inventory`.
@@ -49,7 +52,15 @@ pub async fn build(
                 .serves::<InventoryServiceServer<grpc::Inventory>>()
                 .probe("kafka", kafka);
             let service = grpc::Inventory::new(pool.clone(), events.clone());
-            Ok(routes.add_service(InventoryServiceServer::new(service)))
+            let twopc = shop_messaging::twopc::TwoPhase::new(
+                pool.clone(),
+                twopc::StockWork {
+                    events_topic: events.clone(),
+                },
+            );
+            Ok(routes
+                .add_service(InventoryServiceServer::new(service))
+                .add_service(ParticipantServer::new(twopc)))
         },
     )
     .await?;

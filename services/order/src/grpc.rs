@@ -3,10 +3,11 @@
 use chrono::{DateTime, Utc};
 use shop_core::{ServiceError, fields, grpc::page_size};
 use shop_proto::order::{
-    CompensateSagaRequest, GetOrderAsOfRequest, GetOrderRequest, GetSagaRequest, ListOrdersRequest,
-    ListOrdersResponse, ListSagasRequest, ListSagasResponse, Order, OrderStatus, PlaceOrderRequest,
-    PlaceOrderResponse, RebuildReadModelsRequest, RebuildReadModelsResponse, RetrySagaRequest,
-    Saga, SagaState, SagaStep, get_order_as_of_request::AsOf, order_service_server::OrderService,
+    CompensateSagaRequest, Coordination, GetOrderAsOfRequest, GetOrderRequest, GetSagaRequest,
+    ListOrdersRequest, ListOrdersResponse, ListSagasRequest, ListSagasResponse, Order, OrderStatus,
+    PlaceOrderRequest, PlaceOrderResponse, RebuildReadModelsRequest, RebuildReadModelsResponse,
+    RetrySagaRequest, Saga, SagaState, SagaStep, get_order_as_of_request::AsOf,
+    order_service_server::OrderService,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -24,6 +25,7 @@ use crate::{
     projection::{self, SummaryRow},
     repository::{self, SagaRow},
     saga::Orchestrator,
+    twopc::Coordinator,
 };
 
 pub struct Orders {
@@ -34,6 +36,8 @@ pub struct Orders {
     read_your_writes_wait: std::time::Duration,
     /// The bound on sagas in flight (new orders past it are shed).
     admission: Admission,
+    /// Orders placed with two-phase commit.
+    twopc: Coordinator,
 }
 
 impl Orders {
@@ -42,12 +46,14 @@ impl Orders {
         saga: Orchestrator,
         read_your_writes_wait: std::time::Duration,
         admission: Admission,
+        twopc: Coordinator,
     ) -> Self {
         Self {
             pool,
             saga,
             read_your_writes_wait,
             admission,
+            twopc,
         }
     }
 
@@ -207,6 +213,16 @@ impl OrderService for Orders {
                 ))
                 .into());
             }
+        }
+        let coordination = Coordination::try_from(request.get_ref().coordination)
+            .map_err(|_| ServiceError::invalid("coordination", "is not a known coordination"))?;
+        if coordination == Coordination::TwoPhaseCommit {
+            let (order, created) = self.twopc.place(&new, request.get_ref()).await?;
+            return Ok(Response::new(PlaceOrderResponse {
+                order: Some(aggregate_proto(&order)),
+                created,
+                stream_version: order.version,
+            }));
         }
         let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
         let (id, fingerprint, created) = repository::claim_key(

@@ -29,6 +29,7 @@ pub mod orders;
 pub mod projection;
 pub mod repository;
 pub mod saga;
+pub mod twopc;
 
 use std::time::Duration;
 
@@ -117,13 +118,32 @@ impl Default for EventStoreSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
     #[serde(flatten)]
     pub service: PgServiceSettings,
     pub saga: SagaSettings,
     pub event_store: EventStoreSettings,
+    pub twopc: twopc::TwoPcSettings,
+    /// The participants of two-phase commit (`SHOP__INVENTORY_URL`, ...).
+    pub inventory_url: String,
+    pub payment_url: String,
+    pub shipping_url: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            service: PgServiceSettings::default(),
+            saga: SagaSettings::default(),
+            event_store: EventStoreSettings::default(),
+            twopc: twopc::TwoPcSettings::default(),
+            inventory_url: "http://127.0.0.1:50053".into(),
+            payment_url: "http://127.0.0.1:50052".into(),
+            shipping_url: "http://127.0.0.1:50054".into(),
+        }
+    }
 }
 
 /// Local-stack defaults: gRPC 50051, metrics 9101, database `shop_order`.
@@ -169,6 +189,24 @@ pub async fn build(
     };
     let es = settings.event_store.clone();
     let admission = admission::Admission::new(settings.saga.max_in_flight);
+    let participant = |url: &str| -> anyhow::Result<_> {
+        Ok(
+            shop_proto::twopc::participant_client::ParticipantClient::new(
+                tonic::transport::Channel::from_shared(url.to_owned())?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(10))
+                    .connect_lazy(),
+            ),
+        )
+    };
+    let clients = [
+        participant(&settings.inventory_url)?,
+        participant(&settings.payment_url)?,
+        participant(&settings.shipping_url)?,
+    ];
+    let crash_at = twopc::CrashPoint::parse(&settings.twopc.crash_at)?;
+    let prepare_timeout = Duration::from_millis(settings.twopc.prepare_timeout_ms);
+    let coordinator = std::sync::Arc::new(std::sync::OnceLock::<twopc::Coordinator>::new());
     let (mut app, pool) = service::build(
         "order",
         s,
@@ -180,12 +218,21 @@ pub async fn build(
             readiness
                 .serves::<OrderServiceServer<grpc::Orders>>()
                 .probe("kafka", kafka);
+            let twopc = twopc::Coordinator {
+                pool: pool.clone(),
+                saga: orchestrator.clone(),
+                clients: clients.clone(),
+                prepare_timeout,
+                crash_at,
+            };
+            let _ = coordinator.set(twopc.clone());
             Ok(
                 routes.add_service(OrderServiceServer::new(grpc::Orders::new(
                     pool.clone(),
                     orchestrator.clone(),
                     Duration::from_millis(es.read_your_writes_wait_ms),
                     admission.clone(),
+                    twopc,
                 ))),
             )
         },
@@ -216,6 +263,10 @@ pub async fn build(
         Duration::from_millis(settings.saga.admission_refresh_ms),
         shutdown.clone(),
     ));
+    if let Some(twopc) = coordinator.get().cloned() {
+        let every = Duration::from_millis(settings.twopc.recovery_interval_ms);
+        app.spawn(twopc.run_recovery(every, shutdown.clone()));
+    }
     let sweep = Duration::from_millis(settings.saga.sweep_interval_ms);
     app.spawn(orchestrator.run_timeouts(pool, sweep, shutdown));
     Ok(app)

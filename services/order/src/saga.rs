@@ -126,16 +126,7 @@ impl Orchestrator {
                 &meta,
             )
             .await?;
-        let placed = order.placed.clone().ok_or(sqlx::Error::RowNotFound)?;
-        let event = OrderPlaced {
-            order_id: id.to_string(),
-            customer_id: placed.customer_id.clone(),
-            items: placed.line_items(),
-            total: Some(placed.total()),
-            shipping_address: Some(placed.address()),
-            payment_account_id: placed.payment_account_id.clone(),
-        };
-        let event = self.order_event(&order, types::ORDER_PLACED, &event);
+        let event = self.placed_event(&order)?;
         let mut out = vec![event];
         if let Some(first) = order.saga.in_flight() {
             let command = self.command(&order, first).caused_by(&out[0].envelope);
@@ -144,6 +135,55 @@ impl Orchestrator {
         let command_id = out.get(1).and_then(command_id);
         let deadline = self.deadline(&order.saga);
         repository::insert_saga(conn, id, &order.saga, Some(deadline), command_id).await?;
+        outbox::enqueue_all(conn, &out).await?;
+        Ok(order)
+    }
+
+    /// `order.placed` for a new order.
+    fn placed_event(&self, order: &Order) -> Result<NewEvent, StoreError> {
+        let placed = order.placed.clone().ok_or(sqlx::Error::RowNotFound)?;
+        let event = OrderPlaced {
+            order_id: order.id.to_string(),
+            customer_id: placed.customer_id.clone(),
+            items: placed.line_items(),
+            total: Some(placed.total()),
+            shipping_address: Some(placed.address()),
+            payment_account_id: placed.payment_account_id.clone(),
+        };
+        Ok(self.order_event(order, types::ORDER_PLACED, &event))
+    }
+
+    /// Records an order decided without the saga (by two-phase commit, `crate::twopc`): its
+    /// stream (`order_placed`, then `facts`, which end it), its saga index row in the terminal
+    /// state they lead to, and `order.placed` plus the terminal integration event, all in the
+    /// caller's transaction. The stream and the index read as a saga that ran every step at
+    /// once (or stopped before the first), so queries, projections and `shopctl check` treat
+    /// the order like any other.
+    pub async fn record_decided(
+        &self,
+        conn: &mut PgConnection,
+        id: Uuid,
+        new: &NewOrder,
+        facts: Vec<OrderEvent>,
+    ) -> Result<Order, StoreError> {
+        let mut order = Order::new(id);
+        let meta = Meta {
+            tenant_id: new.tenant_id.clone(),
+            correlation_id: id.to_string(),
+            causation_id: None,
+        };
+        let mut events = vec![OrderEvent::Placed(Placed::from_new(new))];
+        events.extend(facts);
+        let recorded = self.store.append(conn, &mut order, &events, &meta).await?;
+        let mut out = vec![self.placed_event(&order)?];
+        out.extend(
+            events
+                .iter()
+                .zip(&recorded)
+                .filter_map(|(e, r)| self.integration_event(&order, e, r)),
+        );
+        repository::insert_saga(conn, id, &order.saga, None, None).await?;
+        repository::save_saga(conn, id, &order.saga, None, None, None).await?;
         outbox::enqueue_all(conn, &out).await?;
         Ok(order)
     }

@@ -7,6 +7,7 @@
 //! - [`repository`]: the SQL. A charge locks its account row; the `charge` table makes it happen
 //!   at most once per order.
 //! - [`commands`]: the saga's commands (charge, refund) arriving through the inbox.
+//! - [`twopc`]: its share of an order placed with two-phase commit (the `Participant` service).
 //! - [`grpc`]: `OpenAccount`, `GetAccount`, `ListMovements`.
 //! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
@@ -14,12 +15,14 @@ pub mod commands;
 pub mod domain;
 pub mod grpc;
 pub mod repository;
+pub mod twopc;
 
 use shop_messaging::{
     service::{self, PgServiceSettings},
     topics,
 };
 use shop_proto::payment::payment_service_server::PaymentServiceServer;
+use shop_proto::twopc::participant_server::ParticipantServer;
 use tokio_util::sync::CancellationToken;
 
 /// Local-stack defaults: gRPC 50052, metrics 9102, database `shop_payment`.
@@ -48,7 +51,10 @@ pub async fn build(
             readiness
                 .serves::<PaymentServiceServer<grpc::Payment>>()
                 .probe("kafka", kafka);
-            Ok(routes.add_service(PaymentServiceServer::new(grpc::Payment::new(pool.clone()))))
+            let twopc = shop_messaging::twopc::TwoPhase::new(pool.clone(), twopc::ChargeWork);
+            Ok(routes
+                .add_service(PaymentServiceServer::new(grpc::Payment::new(pool.clone())))
+                .add_service(ParticipantServer::new(twopc)))
         },
     )
     .await?;

@@ -6,6 +6,7 @@
 //! - [`domain`]: address validation and the zones shipped to; no I/O.
 //! - [`repository`]: the SQL; one shipment row per order.
 //! - [`commands`]: the saga's commands arriving through the inbox.
+//! - [`twopc`]: its share of an order placed with two-phase commit (the `Participant` service).
 //! - [`grpc`]: `GetShipment`, `ValidateAddress`.
 //! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
@@ -13,6 +14,7 @@ pub mod commands;
 pub mod domain;
 pub mod grpc;
 pub mod repository;
+pub mod twopc;
 
 use serde::{Deserialize, Serialize};
 use shop_messaging::{
@@ -20,6 +22,7 @@ use shop_messaging::{
     topics,
 };
 use shop_proto::shipping::shipping_service_server::ShippingServiceServer;
+use shop_proto::twopc::participant_server::ParticipantServer;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,12 +76,18 @@ pub async fn build(
             readiness
                 .serves::<ShippingServiceServer<grpc::Shipping>>()
                 .probe("kafka", kafka);
-            Ok(
-                routes.add_service(ShippingServiceServer::new(grpc::Shipping::new(
+            let twopc = shop_messaging::twopc::TwoPhase::new(
+                pool.clone(),
+                twopc::ShipWork {
+                    zones: zones.clone(),
+                },
+            );
+            Ok(routes
+                .add_service(ShippingServiceServer::new(grpc::Shipping::new(
                     pool.clone(),
                     zones.clone(),
-                ))),
-            )
+                )))
+                .add_service(ParticipantServer::new(twopc)))
         },
     )
     .await?;

@@ -220,6 +220,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
                     country: k.country.into(),
                 }),
                 payment_account_id: k.account.clone(),
+                ..Default::default()
             };
             async move {
                 let r = place_order_shed_aware(&mut client, request)

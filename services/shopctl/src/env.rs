@@ -60,12 +60,17 @@ pub async fn run(
     for service in ["order", "payment", "inventory", "shipping"] {
         shop_core::db::drop_database(&format!("{base}/{p}{service}")).await?;
     }
-    mongodb::Client::with_uri_str(&args.mongo_url)
-        .await?
-        .database(&format!("{p}catalog"))
-        .drop()
-        .await
-        .context("drop the MongoDB database")?;
+    let mongo = mongodb::Client::with_uri_str(&args.mongo_url).await?;
+    // The catalog's database and its regions' (`<catalog>_<region>`).
+    for db in mongo.list_database_names().await? {
+        if db == format!("{p}catalog") || db.starts_with(&format!("{p}catalog_")) {
+            mongo
+                .database(&db)
+                .drop()
+                .await
+                .context("drop a MongoDB database")?;
+        }
+    }
     shop_catalog::search::elastic::delete_index(&args.search_url, &format!("{p}products")).await?;
     let ch = shop_analytics::store::Store::new(&shop_analytics::store::ClickHouseSettings {
         url: args.clickhouse_url.clone(),
@@ -85,7 +90,7 @@ pub async fn run(
         let _: () = redis.del(chunk).await?;
     }
     println!(
-        "{p}: databases {p}{{order,payment,inventory,shipping}}, {p}catalog, {p}analytics, index {p}products and {} Redis keys dropped",
+        "{p}: databases {p}{{order,payment,inventory,shipping}}, {p}catalog(_<region>), {p}analytics, index {p}products and {} Redis keys dropped",
         keys.len()
     );
     Ok(())

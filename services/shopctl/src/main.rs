@@ -22,12 +22,14 @@ mod bench_eventstore;
 mod bench_kafka_txn;
 mod bench_saga;
 mod check;
+mod compare;
 mod demo;
 mod env;
 mod health;
 mod orders;
 mod outbox;
 mod outbox_stores;
+mod regions;
 mod saga;
 mod smoke;
 mod storefront;
@@ -103,6 +105,9 @@ enum Command {
     /// pg_restore a backup into new databases `<--db-prefix><service>` and report what the
     /// copy holds (sagas in flight, outbox rows to send again, orphans).
     Restore(backup::RestoreArgs),
+    /// The same workload through the orchestrated saga and two-phase commit, side by side
+    /// (throughput, latency, locks, in doubt, faults, invariants) against the running platform.
+    Compare(compare::CompareArgs),
     /// Benchmarks (real work on the real stores; figures beside the raw store's).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -165,16 +170,30 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 None
             };
+            let regions = if args.shoppers > 0 {
+                let r = regions::run(&run[20..], args.shoppers, demo::channel("catalog")?).await?;
+                regions::print(&r);
+                Some(r)
+            } else {
+                None
+            };
             let ok = summary.is_consistent()
                 && shop
                     .as_ref()
-                    .is_none_or(storefront::StorefrontSummary::is_consistent);
+                    .is_none_or(storefront::StorefrontSummary::is_consistent)
+                && regions
+                    .as_ref()
+                    .is_none_or(regions::RegionsSummary::is_consistent);
             println!("result: {}", if ok { "OK" } else { "FAILED" });
             let mut json = serde_json::to_value(&summary).unwrap_or_default();
             if let Some(obj) = json.as_object_mut() {
                 obj.insert(
                     "storefront".into(),
                     serde_json::to_value(&shop).unwrap_or_default(),
+                );
+                obj.insert(
+                    "regions".into(),
+                    serde_json::to_value(&regions).unwrap_or_default(),
                 );
                 obj.insert("ok".into(), ok.into());
             }
@@ -199,5 +218,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Backup(args) => backup::run_backup(&databases, &args).await,
         Command::Restore(args) => backup::run_restore(&databases, &args).await,
         Command::Bench(b) => bench::run(&cli.pg_url, &cli.db_prefix, &kafka, b).await,
+        Command::Compare(args) => {
+            let rows = compare::run(&databases, &args).await?;
+            compare::print(&rows, &args);
+            anyhow::ensure!(
+                rows.iter().all(|r| r.violations == 0),
+                "an invariant does not hold after a run (see above)"
+            );
+            Ok(())
+        }
     }
 }

@@ -6,3 +6,4 @@ mod concurrency;
 mod grpc;
 mod helpers;
 mod readiness;
+mod twopc;

@@ -140,6 +140,7 @@ mod tests {
                 country: "DE".into(),
             }),
             payment_account_id: "acc".into(),
+            ..Default::default()
         }
     }
 

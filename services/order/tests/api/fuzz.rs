@@ -69,6 +69,7 @@ fn place_orders() -> impl Strategy<Value = PlaceOrderRequest> {
                     items,
                     shipping_address,
                     payment_account_id: account,
+                    ..Default::default()
                 }
             },
         );

@@ -72,13 +72,22 @@ fn with_db(base: &PgServiceSettings, service: &str) -> PgServiceSettings {
 }
 
 pub async fn spawn_platform(saga: SagaSettings, run: Run) -> Platform {
+    spawn_platform_with(saga, run, shop_order::twopc::TwoPcSettings::default()).await
+}
+
+/// As [`spawn_platform`], with two-phase-commit settings of the test's own.
+pub async fn spawn_platform_with(
+    saga: SagaSettings,
+    run: Run,
+    twopc: shop_order::twopc::TwoPcSettings,
+) -> Platform {
     let base = testing::service_settings("saga");
     let (inv, pay, ship) = (
         with_db(&base, "inventory"),
         with_db(&base, "payment"),
         with_db(&base, "shipping"),
     );
-    let order_settings = shop_order::Settings {
+    let mut order_settings = shop_order::Settings {
         service: with_db(&base, "order"),
         saga,
         event_store: shop_order::EventStoreSettings {
@@ -87,6 +96,10 @@ pub async fn spawn_platform(saga: SagaSettings, run: Run) -> Platform {
             projection_poll_ms: 100,
             ..Default::default()
         },
+        twopc,
+        // Nobody there until the participants below are up.
+        shipping_url: "http://127.0.0.1:1".into(),
+        ..Default::default()
     };
     let mut stops = Vec::new();
     let mut start = |stop: CancellationToken| stops.push(stop);
@@ -96,6 +109,7 @@ pub async fn spawn_platform(saga: SagaSettings, run: Run) -> Platform {
         .await
         .expect("inventory");
     let inventory_addr = app.grpc_addr();
+    order_settings.inventory_url = format!("http://{inventory_addr}");
     tokio::spawn(app.run_until_stopped());
     start(stop);
 
@@ -104,6 +118,7 @@ pub async fn spawn_platform(saga: SagaSettings, run: Run) -> Platform {
         .await
         .expect("payment");
     let payment_addr = app.grpc_addr();
+    order_settings.payment_url = format!("http://{payment_addr}");
     tokio::spawn(app.run_until_stopped());
     start(stop);
 
@@ -116,6 +131,7 @@ pub async fn spawn_platform(saga: SagaSettings, run: Run) -> Platform {
         let app = shop_shipping::build(&settings, stop.clone())
             .await
             .expect("shipping");
+        order_settings.shipping_url = format!("http://{}", app.grpc_addr());
         tokio::spawn(app.run_until_stopped());
         start(stop);
     }
@@ -191,6 +207,7 @@ pub fn request(
         }],
         shipping_address: Some(address(country)),
         payment_account_id: account.into(),
+        ..Default::default()
     }
 }
 
@@ -414,6 +431,33 @@ impl Platform {
         .expect("net charged")
         .into_iter()
         .collect()
+    }
+
+    /// Stops the order service (the last one started) as if it died, and starts another on
+    /// the same database with `settings`: what a restarted coordinator finds.
+    pub async fn restart_order(&mut self, settings: shop_order::Settings) {
+        if let Some(old) = self.stops.pop() {
+            old.cancel();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stop = CancellationToken::new();
+        let app = shop_order::build(&settings, stop.clone())
+            .await
+            .expect("order again");
+        let addr = app.grpc_addr();
+        tokio::spawn(app.run_until_stopped());
+        self.stops.push(stop);
+        self.order = OrderServiceClient::new(
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect_lazy(),
+        );
+        self.order_settings = settings;
+    }
+
+    /// A pool on the shipping database.
+    pub async fn shipping_db(&self) -> PgPool {
+        testing::pool(&self.ship_settings).await
     }
 
     pub async fn stop(self) {

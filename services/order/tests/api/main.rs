@@ -7,3 +7,4 @@ mod event_sourcing;
 mod fuzz;
 mod helpers;
 mod saga;
+mod twopc;

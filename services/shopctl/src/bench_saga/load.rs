@@ -248,6 +248,7 @@ impl Driver {
                 country: "DE".into(),
             }),
             payment_account_id: self.accounts.get(account).cloned().unwrap_or_default(),
+            ..Default::default()
         }
     }
 

@@ -55,6 +55,7 @@ pub async fn checks(dbs: &Databases, tenant: Option<&str>) -> anyhow::Result<Vec
     checks.extend(stock(&inventory, tenant, &ended).await?);
     checks.extend(money(&payment, tenant, &ended).await?);
     checks.push(shipments(&shipping, tenant, &ended).await?);
+    checks.push(in_doubt(&order, [&inventory, &payment, &shipping], tenant).await?);
     for p in [order, inventory, payment, shipping] {
         p.close().await;
     }
@@ -227,4 +228,55 @@ async fn shipments(
         }
     }
     Ok(outcome)
+}
+
+/// Two-phase commit leaves nothing in doubt: no transaction a participant holds prepared, and
+/// no coordinator log row unfinished, for longer than a minute (recovery resolves both within
+/// seconds; an order decided but not yet committed everywhere is in doubt only that long).
+async fn in_doubt(
+    order: &PgPool,
+    participants: [&PgPool; 3],
+    tenant: Option<&str>,
+) -> anyhow::Result<Check> {
+    let mut c = Check::new("twopc.in_doubt");
+    // Every 2PC order of the tenant (or all) counts as checked.
+    let ours: std::collections::HashSet<String> = sqlx::query_scalar(
+        "SELECT order_id::text FROM twopc WHERE $1::text IS NULL OR tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(order)
+    .await?
+    .into_iter()
+    .collect();
+    for _ in &ours {
+        c.item();
+    }
+    let stale: Vec<(String, String)> = sqlx::query_as(
+        "SELECT order_id::text, state FROM twopc
+         WHERE ended_at IS NULL AND started_at < now() - interval '60 seconds'
+           AND ($1::text IS NULL OR tenant_id = $1)",
+    )
+    .bind(tenant)
+    .fetch_all(order)
+    .await?;
+    for (id, state) in stale {
+        c.violation(&id, format!("two-phase commit {state} for over a minute"));
+    }
+    for db in participants {
+        let prepared: Vec<(String, String)> = sqlx::query_as(
+            "SELECT gid, current_database()::text FROM pg_prepared_xacts
+             WHERE database = current_database() AND starts_with(gid, 'shop2pc:')
+               AND prepared < now() - interval '60 seconds'",
+        )
+        .fetch_all(db)
+        .await?;
+        for (gid, database) in prepared {
+            let order_id = gid.split(':').nth(1).unwrap_or_default();
+            if tenant.is_some() && !ours.contains(order_id) {
+                continue;
+            }
+            c.violation(&gid, format!("prepared in {database} for over a minute"));
+        }
+    }
+    Ok(c)
 }

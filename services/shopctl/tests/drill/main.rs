@@ -154,6 +154,7 @@ async fn warm_up(c: &Clients, tenant: &str) {
             country: "DE".into(),
         }),
         payment_account_id: format!("{tenant}-rich"),
+        ..Default::default()
     };
     let placed = load::retrying("warm-up order", || {
         let (mut client, r) = (c.order.clone(), r.clone());

@@ -169,6 +169,7 @@ pub async fn burst(c: &Clients, tenant: &str) -> Vec<String> {
                     "{tenant}-{}",
                     if i % 8 == 3 { "poor" } else { "rich" }
                 ),
+                ..Default::default()
             };
             async move {
                 // Spread over ~3 s, so the fault lands mid-burst.

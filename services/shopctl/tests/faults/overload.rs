@@ -97,6 +97,7 @@ pub async fn offer(c: &Clients, tenant: &str) -> (Vec<String>, usize) {
                 country: "DE".into(),
             }),
             payment_account_id: format!("{tenant}-deep"),
+            ..Default::default()
         };
         calls.push(tokio::spawn(async move { order.place_order(r).await }));
     }
