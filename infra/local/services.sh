@@ -19,13 +19,16 @@ SERVICES=(order:50051 payment:50052 inventory:50053 shipping:50054 catalog:50055
 
 log() { printf '[services] %s\n' "$*" >&2; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Running, and not a zombie: a SIGKILLed service stays a zombie until reaped (kill -0 succeeds
+# on one), and would otherwise be taken for alive and not started again.
+alive() { kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]; }
 
 up() {
   mkdir -p "$STACK_DIR/logs" "$STACK_DIR/run"
   for spec in "${SERVICES[@]}"; do
     local name=${spec%%:*} port=${spec##*:}
     local pidfile="$STACK_DIR/run/$name.pid"
-    if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then continue; fi
+    if [ -s "$pidfile" ] && alive "$(cat "$pidfile")"; then continue; fi
     port_open "$port" && { log "port $port is taken by something else; $name cannot start"; exit 1; }
     if [ -n "${SHOP_ENV_PREFIX:-}" ]; then
       local p=$SHOP_ENV_PREFIX
@@ -42,7 +45,7 @@ up() {
   for spec in "${SERVICES[@]}"; do
     local name=${spec%%:*} port=${spec##*:}
     until port_open "$port"; do
-      if ! kill -0 "$(cat "$STACK_DIR/run/$name.pid")" 2>/dev/null || ((SECONDS > deadline)); then
+      if ! alive "$(cat "$STACK_DIR/run/$name.pid")" || ((SECONDS > deadline)); then
         log "$name did not start; last log lines:"; tail -n 20 "$STACK_DIR/logs/$name.log" >&2; exit 1
       fi
       sleep 0.2

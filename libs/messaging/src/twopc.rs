@@ -21,6 +21,10 @@ use shop_proto::twopc::{
     Vote, participant_server::Participant, prepare_request,
 };
 
+/// How long phase one waits for a row lock before it votes no (below the coordinator's
+/// prepare timeout, so a busy participant answers instead of timing out).
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Every gid of this platform starts with this.
 pub const GID_PREFIX: &str = "shop2pc:";
 const MAX_GID: usize = 200;
@@ -160,7 +164,26 @@ async fn prepare_in<W: Work>(
     what: &prepare_request::Work,
 ) -> Result<Vote, ServiceError> {
     let mut tx = pool.begin().await?;
-    let vote = work.prepare(&mut tx, tenant, what).await?;
+    // A row another prepared transaction holds stays held until that one's decision arrives:
+    // waiting for it without bound would pin this connection (and, many times over, the pool
+    // the decision itself needs). Past the bound the vote is no.
+    let bound = format!("SET LOCAL lock_timeout = '{}ms'", LOCK_TIMEOUT.as_millis());
+    sqlx::query(&bound).execute(&mut *tx).await?;
+    let vote = match work.prepare(&mut tx, tenant, what).await {
+        Err(ServiceError::Internal(cause))
+            if cause
+                .downcast_ref::<sqlx::Error>()
+                .and_then(sqlstate)
+                .as_deref()
+                == Some("55P03") =>
+        {
+            tx.rollback().await?;
+            return Ok(no(format!(
+                "busy: could not lock what this order needs within {LOCK_TIMEOUT:?} (held by another order in doubt)"
+            )));
+        }
+        other => other?,
+    };
     if !vote.yes {
         tx.rollback().await?;
         return Ok(vote);

@@ -202,7 +202,12 @@ async fn one(
             Err(e)
                 if matches!(
                     e.code(),
-                    Code::ResourceExhausted | Code::Unavailable | Code::Aborted | Code::Unknown
+                    Code::ResourceExhausted
+                        | Code::Unavailable
+                        | Code::Aborted
+                        | Code::Unknown
+                        | Code::DeadlineExceeded
+                        | Code::Cancelled
                 ) && Instant::now() < give_up =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;

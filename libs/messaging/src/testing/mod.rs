@@ -150,8 +150,23 @@ impl CommandChannel {
     }
 }
 
-/// Drops the test's database (after the service stopped).
+/// Drops the test's database (after the service stopped). Transactions still prepared in it
+/// (two-phase commit; a failed test may leave some) are rolled back first: PostgreSQL refuses
+/// to drop a database that has any, and they count against max_prepared_transactions.
 pub async fn drop_database(settings: &PgServiceSettings) {
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Ok(options) = PgConnectOptions::from_str(&settings.database.url)
+        && let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+    {
+        if let Ok(left) = crate::twopc::prepared(&pool, "").await {
+            for (gid, _) in left {
+                let _ = crate::twopc::finish(&pool, &gid, false).await;
+            }
+        }
+        pool.close().await;
+    }
     let _ = shop_core::db::drop_database(&settings.database.url).await;
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! PlaceOrder ─► tx{ idempotency key, log row 'preparing' }            (nothing prepared yet)
-//!   phase one (concurrently, each within prepare_timeout):
+//!   phase one (in this order, each within prepare_timeout; the first no stops it):
 //!     inventory.Prepare  reserve + commit the stock   ─► PREPARE TRANSACTION 'shop2pc:<id>:inventory'
 //!     payment.Prepare    charge the account           ─► PREPARE TRANSACTION ...:payment
 //!     shipping.Prepare   create the shipment          ─► PREPARE TRANSACTION ...:shipping
@@ -32,7 +32,6 @@ pub mod log;
 
 use std::time::Duration;
 
-use futures::{StreamExt, stream::FuturesUnordered};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use shop_core::ServiceError;
@@ -197,7 +196,18 @@ impl Coordinator {
             None => return Ok((self.decided(id).await?, true)),
         };
         self.stop_at(CrashPoint::AfterDecision)?;
-        self.phase_two(id, commit).await?;
+        // The outcome is decided: the caller gets it once phase two is done, or after one
+        // prepare timeout if a participant is slow to take the decision (phase two goes on,
+        // and recovery finishes what it cannot).
+        let two = self.clone();
+        let phase_two = tokio::spawn(async move { two.phase_two(id, commit).await });
+        match tokio::time::timeout(self.prepare_timeout, phase_two).await {
+            Ok(Ok(Err(e))) if self.crash_at.is_some() => return Err(e),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(order_id = %id, error = %e, "phase two left to recovery")
+            }
+            _ => {}
+        }
         Ok((order, true))
     }
 
@@ -237,28 +247,25 @@ impl Coordinator {
         }
     }
 
-    /// Asks every participant to prepare, at once; `None` when all voted yes.
+    /// Asks the participants to prepare, one after the other in a fixed order (inventory,
+    /// payment, shipping), stopping at the first that does not vote yes; `None` when all did.
+    ///
+    /// One after the other, not at once: a participant that voted yes holds its rows until the
+    /// decision, so two orders asking at once could each hold what the other waits for
+    /// (order A's stock row at inventory, order B's account at payment) in a cycle no database
+    /// sees: a distributed deadlock, broken only by timeouts. Asked in one global order, an
+    /// order never holds a later participant's rows while it waits for an earlier one's. It
+    /// costs a round trip per participant; `lock_timeout` at the participants is the safety net.
     async fn phase_one(&self, id: Uuid, new: &NewOrder) -> Result<Option<Refusal>, ServiceError> {
-        let mut votes: FuturesUnordered<_> = PARTICIPANTS
-            .iter()
-            .zip(self.clients.iter().cloned())
-            .map(|(&(name, step), mut client)| {
-                let request = Self::prepare_request(id, new, name);
-                let timeout = self.prepare_timeout;
-                async move {
-                    let vote = tokio::time::timeout(timeout, client.prepare(request)).await;
-                    (name, step, vote)
-                }
-            })
-            .collect();
-        let mut refusal: Option<Refusal> = None;
-        let mut first = true;
-        while let Some((name, step, vote)) = votes.next().await {
-            if std::mem::take(&mut first) {
-                // Killed here: one participant (at least) prepared, the others maybe.
+        for (i, (&(name, step), client)) in PARTICIPANTS.iter().zip(&self.clients).enumerate() {
+            let request = Self::prepare_request(id, new, name);
+            let vote =
+                tokio::time::timeout(self.prepare_timeout, client.clone().prepare(request)).await;
+            if i == 0 {
+                // Killed here: the first participant (may have) prepared, the others not asked.
                 self.stop_at(CrashPoint::AfterFirstVote)?;
             }
-            let no = match vote {
+            let (outcome, reason) = match vote {
                 Ok(Ok(v)) if v.get_ref().yes => continue,
                 Ok(Ok(v)) => {
                     let Vote { reason, .. } = v.into_inner();
@@ -270,16 +277,13 @@ impl Coordinator {
                     format!("{name} did not vote within {:?}", self.prepare_timeout),
                 ),
             };
-            // The saga's order of steps decides which refusal is told (stable across runs).
-            if refusal.as_ref().is_none_or(|r| step < r.step) {
-                refusal = Some(Refusal {
-                    step,
-                    outcome: no.0,
-                    reason: no.1,
-                });
-            }
+            return Ok(Some(Refusal {
+                step,
+                outcome,
+                reason,
+            }));
         }
-        Ok(refusal)
+        Ok(None)
     }
 
     /// The decision: the log row from 'preparing' to its outcome, and the order's events, in
@@ -390,23 +394,30 @@ impl Coordinator {
         Ok(moved)
     }
 
-    /// Transactions a participant holds prepared although the log has no decision to carry
-    /// them (a prepare that arrived after its transaction was rolled back, or a gid of an order
-    /// this log never saw): committed if the log says commit, rolled back otherwise.
+    /// Transactions a participant holds prepared that phase two will not reach (a prepare that
+    /// arrived after its transaction was rolled back): committed if the log says commit,
+    /// rolled back if it says abort. A gid this log has no row for is left alone: the log row
+    /// comes before any prepare, so it belongs to another coordinator.
     async fn resolve_orphans(
         &self,
         before: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<usize> {
         let mut moved = 0;
-        for client in &self.clients {
-            let prepared = client
+        for (client, (name, _)) in self.clients.iter().zip(PARTICIPANTS) {
+            let listed = client
                 .clone()
                 .list_prepared(shop_proto::twopc::ListPreparedRequest {
                     prefix: GID_PREFIX.into(),
                 })
-                .await?
-                .into_inner()
-                .prepared;
+                .await;
+            // One participant away does not hold back the others' recovery.
+            let prepared = match listed {
+                Ok(l) => l.into_inner().prepared,
+                Err(e) => {
+                    tracing::warn!(participant = name, error = %e, "cannot list its prepared transactions; later");
+                    continue;
+                }
+            };
             for p in prepared {
                 let at = p.prepared_at.map_or(0, |t| t.seconds);
                 if at >= before.timestamp() {
@@ -424,10 +435,14 @@ impl Coordinator {
                     let mut conn = self.pool.acquire().await?;
                     log::get(&mut conn, id).await?.map(|r| r.state)
                 };
-                if state == Some(LogState::Preparing) {
-                    continue; // the round above decides it first
-                }
-                let commit = state.and_then(LogState::decision).unwrap_or(false);
+                let commit = match state {
+                    // Not this coordinator's (every gid it makes has its log row first): another
+                    // environment sharing the participant's server. Not ours to decide.
+                    None => continue,
+                    // The round above decides it first.
+                    Some(LogState::Preparing) => continue,
+                    Some(s) => s.decision().unwrap_or(false),
+                };
                 finish(client.clone(), &p.gid, commit).await?;
                 tracing::warn!(
                     gid = p.gid,

@@ -122,6 +122,19 @@ impl Platform {
                     "SHOP__ORDER_URL".into(),
                     format!("http://127.0.0.1:{}", grpc["order"]),
                 ),
+                // Two-phase commit's participants: this platform's, not the native stack's.
+                (
+                    "SHOP__INVENTORY_URL".into(),
+                    format!("http://127.0.0.1:{}", grpc["inventory"]),
+                ),
+                (
+                    "SHOP__PAYMENT_URL".into(),
+                    format!("http://127.0.0.1:{}", grpc["payment"]),
+                ),
+                (
+                    "SHOP__SHIPPING_URL".into(),
+                    format!("http://127.0.0.1:{}", grpc["shipping"]),
+                ),
                 // Quick saga timeouts: the faults' retries and compensations run in seconds.
                 ("SHOP__SAGA__SHIP_TIMEOUT_MS".into(), "3000".into()),
                 ("RUST_LOG".into(), "info".into()),
