@@ -129,6 +129,18 @@ async fn a_two_phase_order_commits_everywhere_at_once_and_a_refusal_changes_noth
         OrderStatus::Cancelled
     );
     assert_eq!(prepared(&p.order_db, &refused.order_id).await, 0);
+    // A coordination this service does not know is refused, naming the field.
+    let e = p
+        .order
+        .clone()
+        .place_order(PlaceOrderRequest {
+            coordination: 7,
+            ..request("tp-k9", "tp-1", 1, 500, "tp-rich", "DE")
+        })
+        .await
+        .expect_err("unknown coordination");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("coordination"), "{}", e.message());
     // Shipping refuses the destination: the same.
     let nowhere = p
         .place(two_phase(request("tp-k3", "tp-1", 2, 500, "tp-rich", "KP")))
