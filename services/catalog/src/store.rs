@@ -82,11 +82,11 @@ impl ProductStore {
     }
 }
 
-fn db_error(e: mongodb::error::Error) -> ServiceError {
+pub(crate) fn db_error(e: mongodb::error::Error) -> ServiceError {
     ServiceError::Unavailable(format!("mongodb: {e}"))
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,

@@ -62,6 +62,28 @@ impl Orders {
     }
 }
 
+/// Claims `new`'s idempotency key for a fresh order id (in the caller's transaction): the
+/// order's id and whether it is new. The same key with another request is refused.
+pub(crate) async fn claim(
+    conn: &mut sqlx::PgConnection,
+    new: &NewOrder,
+) -> Result<(Uuid, bool), ServiceError> {
+    let (id, fingerprint, created) = repository::claim_key(
+        conn,
+        &new.tenant_id,
+        &new.idempotency_key,
+        Uuid::now_v7(),
+        &new.fingerprint,
+    )
+    .await?;
+    if !created && fingerprint != new.fingerprint {
+        return Err(ServiceError::FailedPrecondition(
+            "idempotency_key was used before with a different request".into(),
+        ));
+    }
+    Ok((id, created))
+}
+
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
@@ -225,21 +247,7 @@ impl OrderService for Orders {
             }));
         }
         let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
-        let (id, fingerprint, created) = repository::claim_key(
-            &mut tx,
-            &new.tenant_id,
-            &new.idempotency_key,
-            Uuid::now_v7(),
-            &new.fingerprint,
-        )
-        .await
-        .map_err(ServiceError::from)?;
-        if !created && fingerprint != new.fingerprint {
-            return Err(ServiceError::FailedPrecondition(
-                "idempotency_key was used before with a different request".into(),
-            )
-            .into());
-        }
+        let (id, created) = claim(&mut tx, &new).await?;
         let order = if created {
             let order = self
                 .saga

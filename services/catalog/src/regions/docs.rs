@@ -22,7 +22,7 @@ use shop_core::ServiceError;
 use shop_messaging::NewEvent;
 use tokio::sync::Notify;
 
-use crate::store::{WriteLocks, outbox_entry};
+use crate::store::{WriteLocks, db_error, is_duplicate_key, outbox_entry};
 
 /// A state as loaded.
 pub struct Loaded<T> {
@@ -47,10 +47,6 @@ pub struct Docs {
     pub collection: Collection<Document>,
     pub locks: WriteLocks,
     changed: Arc<Notify>,
-}
-
-pub fn db_error(e: mongodb::error::Error) -> ServiceError {
-    ServiceError::Unavailable(format!("mongodb: {e}"))
 }
 
 impl Docs {
@@ -138,11 +134,9 @@ impl Docs {
             Ok(false) => Err(ServiceError::Conflict(format!(
                 "{key} changed meanwhile; retry"
             ))),
-            Err(e) if e.to_string().contains("E11000") || e.to_string().contains("duplicate") => {
-                Err(ServiceError::Conflict(format!(
-                    "{key} was created meanwhile; retry"
-                )))
-            }
+            Err(e) if is_duplicate_key(&e) => Err(ServiceError::Conflict(format!(
+                "{key} was created meanwhile; retry"
+            ))),
             Err(e) => Err(db_error(e)),
         }
     }

@@ -55,7 +55,6 @@ use crate::{
         saga::{SagaEvent, Step},
         stream::{Order, OrderEvent},
     },
-    repository,
     saga::Orchestrator,
 };
 use log::LogState;
@@ -168,19 +167,7 @@ impl Coordinator {
         request: &PlaceOrderRequest,
     ) -> Result<(Order, bool), ServiceError> {
         let mut tx = self.pool.begin().await?;
-        let (id, fingerprint, created) = repository::claim_key(
-            &mut tx,
-            &new.tenant_id,
-            &new.idempotency_key,
-            Uuid::now_v7(),
-            &new.fingerprint,
-        )
-        .await?;
-        if !created && fingerprint != new.fingerprint {
-            return Err(ServiceError::FailedPrecondition(
-                "idempotency_key was used before with a different request".into(),
-            ));
-        }
+        let (id, created) = crate::grpc::claim(&mut tx, new).await?;
         if !created {
             tx.commit().await?;
             return Ok((self.decided(id).await?, false));
