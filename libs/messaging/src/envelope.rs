@@ -37,6 +37,7 @@ impl NewEvent {
                 trace: None,
                 causation_id: String::new(),
                 payload: payload.encode_to_vec(),
+                choreography: None,
             },
         }
     }
@@ -62,6 +63,8 @@ impl NewEvent {
         self.envelope.correlation_id = parent.correlation_id.clone();
         self.envelope.tenant_id = parent.tenant_id.clone();
         self.envelope.trace = parent.trace.clone();
+        // A choreographed flow goes on through whatever it causes (see `crate::choreography`).
+        self.envelope.choreography = parent.choreography.clone();
         self
     }
 

@@ -105,6 +105,14 @@ impl From<prost::DecodeError> for HandlerError {
 /// (enqueue replies with `outbox::enqueue(conn, ..)`), so the effect, its replies and the inbox
 /// row commit together.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether this consumer acts on `event` at all. One it does not want costs no inbox row
+    /// and no transaction of its own (a consumer of another service's events topic, say, that
+    /// acts on a few of its types): its offset is stored and that is all.
+    fn wants(&self, event: &EventEnvelope) -> bool {
+        let _ = event;
+        true
+    }
+
     fn handle<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -214,6 +222,8 @@ enum Outcome {
     Processed,
     Duplicate,
     DeadLettered,
+    /// Not for this consumer ([`Handler::wants`]).
+    Ignored,
 }
 
 impl<H: Handler> Inbox<H> {
@@ -345,6 +355,7 @@ impl<H: Handler> Inbox<H> {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("inbox_duplicates_total", "consumer" => c.clone()).increment(1);
             }
+            Outcome::Ignored => {}
             Outcome::DeadLettered => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("inbox_dead_lettered_total", "consumer" => c.clone())
@@ -411,6 +422,10 @@ impl<H: Handler> Inbox<H> {
                     stop = Stop::Undecodable;
                     break;
                 };
+                if !self.handler.wants(&envelope) {
+                    outcomes.push(Outcome::Ignored);
+                    continue;
+                }
                 if !self
                     .insert_inbox_row(&mut tx, msg, &envelope, event_id)
                     .await?
@@ -546,6 +561,9 @@ impl<H: Handler> Inbox<H> {
         envelope: &EventEnvelope,
         event_id: uuid::Uuid,
     ) -> anyhow::Result<Result<Outcome, HandlerError>> {
+        if !self.handler.wants(envelope) {
+            return Ok(Ok(Outcome::Ignored));
+        }
         let mut tx = self.pool.begin().await.context("begin inbox transaction")?;
         let fresh = self
             .insert_inbox_row(&mut tx, msg, envelope, event_id)

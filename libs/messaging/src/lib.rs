@@ -29,6 +29,7 @@
 //! relay claims the bucket -> produce (key = aggregate id) -> ack -> mark published ->
 //! consumer -> tx { inbox row + effect } -> COMMIT -> offset commit.
 
+pub mod choreography;
 pub mod consumer;
 pub mod envelope;
 pub mod inbox;

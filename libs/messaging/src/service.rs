@@ -153,18 +153,38 @@ pub async fn participant_topics(
     Ok((commands, events))
 }
 
-/// Consumes `topic` through the inbox as consumer `name` (prefixed like the topics), beside `app`.
+/// Consumes `topics` through the inbox as consumer `name` (prefixed like the topics), beside
+/// `app`.
 pub fn spawn_inbox<H: crate::inbox::Handler>(
     app: &mut Application,
     pool: &PgPool,
     kafka: &KafkaSettings,
     name: &str,
-    topic: &str,
+    topics: &[&str],
     handler: H,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = crate::inbox::InboxConfig::new(format!("{}{name}", kafka.topic_prefix), &[topic]);
+    let config = crate::inbox::InboxConfig::new(format!("{}{name}", kafka.topic_prefix), topics);
     let inbox = crate::inbox::Inbox::new(pool.clone(), kafka, config, handler)?;
     app.spawn(inbox.run(shutdown));
     Ok(())
+}
+
+/// A participant's part in choreographed orders ([`crate::choreography`]): consumes the other
+/// services' events `topics` (names without the prefix; created if missing) as consumer
+/// `<name>-choreography`, beside its command consumer.
+pub async fn spawn_reactions<H: crate::inbox::Handler>(
+    app: &mut Application,
+    pool: &PgPool,
+    kafka: &KafkaSettings,
+    name: &str,
+    topics: &[&str],
+    reactions: crate::choreography::Reactions<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let topics: Vec<String> = topics.iter().map(|t| kafka.topic(t)).collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    kafka.ensure_topics(&names).await?;
+    let name = format!("{name}-choreography");
+    spawn_inbox(app, pool, kafka, &name, &names, reactions, shutdown)
 }

@@ -7,10 +7,13 @@
 //!   concurrent reservations cannot deadlock) and never take more than is available.
 //! - [`commands`]: the saga's commands (reserve, release, commit) arriving through the inbox;
 //!   each effect and its reply commit in one transaction.
+//! - [`choreography`]: its part in a choreographed order (reacting to the other services'
+//!   events with the same commands).
 //! - [`twopc`]: its share of an order placed with two-phase commit (the `Participant` service).
 //! - [`grpc`]: `GetStock` and `Restock`.
 //! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
+pub mod choreography;
 pub mod commands;
 pub mod domain;
 pub mod grpc;
@@ -18,6 +21,7 @@ pub mod repository;
 pub mod twopc;
 
 use shop_messaging::{
+    choreography::Reactions,
     service::{self, PgServiceSettings},
     topics,
 };
@@ -67,14 +71,30 @@ pub async fn build(
     let handler = commands::Commands {
         events_topic: events.clone(),
     };
+    let reactions = Reactions::new(choreography::TRIGGERS, choreography::react, handler.clone());
     service::spawn_inbox(
         &mut app,
         &pool,
         &settings.kafka,
         "inventory",
-        &commands,
+        &[&commands],
         handler,
-        shutdown,
+        shutdown.clone(),
     )?;
+    let on = [
+        topics::ORDER_EVENTS,
+        topics::PAYMENT_EVENTS,
+        topics::SHIPPING_EVENTS,
+    ];
+    service::spawn_reactions(
+        &mut app,
+        &pool,
+        &settings.kafka,
+        "inventory",
+        &on,
+        reactions,
+        shutdown,
+    )
+    .await?;
     Ok(app)
 }

@@ -251,7 +251,12 @@ impl OrderService for Orders {
         let order = if created {
             let order = self
                 .saga
-                .start(&mut tx, id, &new)
+                .start(
+                    &mut tx,
+                    id,
+                    &new,
+                    coordination == Coordination::Choreography,
+                )
                 .await
                 .map_err(ServiceError::from)?;
             metrics::counter!("orders_placed_total").increment(1);
@@ -460,6 +465,15 @@ impl Orders {
             .advance(&mut tx, id, &event, None)
             .await
             .map_err(ServiceError::from)?;
+        if let Some(order) = &after
+            && order.placed.as_ref().is_some_and(|p| p.choreographed)
+        {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "order {id} is choreographed: its participants act on each other's events, and \
+                 there is no orchestrator to retry or compensate it"
+            ))
+            .into());
+        }
         // The index row mirrors the saga: an unchanged saga means the request did not fit.
         if after.as_ref().is_none_or(|o| o.saga == before.saga) {
             return Err(ServiceError::FailedPrecondition(format!(

@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use prost::Message as _;
 use shop_messaging::{
-    NewEvent,
+    NewEvent, choreography,
     envelope::EventEnvelope,
     inbox::{Handler, HandlerError},
     outbox,
@@ -106,11 +106,17 @@ const SWEEP_RETRY: Duration = Duration::from_secs(10);
 impl Orchestrator {
     /// Opens the stream of a new order (`order_placed`, version 1), indexes its saga, and
     /// enqueues `order.placed` and the first command, all in the caller's transaction.
+    ///
+    /// A `choreographed` order gets no command: its `order.placed` starts a choreography
+    /// ([`shop_messaging::choreography`]) that the participants carry on by themselves, and
+    /// this service only records what they did ([`Replies`]). No deadline either: nobody here
+    /// times a choreography out.
     pub async fn start(
         &self,
         conn: &mut PgConnection,
         id: Uuid,
         new: &NewOrder,
+        choreographed: bool,
     ) -> Result<Order, StoreError> {
         let mut order = Order::new(id);
         let meta = Meta {
@@ -118,23 +124,24 @@ impl Orchestrator {
             correlation_id: id.to_string(),
             causation_id: None,
         };
+        let placed = Placed {
+            choreographed,
+            ..Placed::from_new(new)
+        };
         self.store
-            .append(
-                conn,
-                &mut order,
-                &[OrderEvent::Placed(Placed::from_new(new))],
-                &meta,
-            )
+            .append(conn, &mut order, &[OrderEvent::Placed(placed)], &meta)
             .await?;
         let event = self.placed_event(&order)?;
         let mut out = vec![event];
-        if let Some(first) = order.saga.in_flight() {
+        if let Some(first) = order.saga.in_flight()
+            && !choreographed
+        {
             let command = self.command(&order, first).caused_by(&out[0].envelope);
             out.push(command);
         }
         let command_id = out.get(1).and_then(command_id);
-        let deadline = self.deadline(&order.saga);
-        repository::insert_saga(conn, id, &order.saga, Some(deadline), command_id).await?;
+        let deadline = (!choreographed).then(|| self.deadline(&order.saga));
+        repository::insert_saga(conn, id, &order.saga, deadline, command_id).await?;
         outbox::enqueue_all(conn, &out).await?;
         Ok(order)
     }
@@ -150,7 +157,12 @@ impl Orchestrator {
             shipping_address: Some(placed.address()),
             payment_account_id: placed.payment_account_id.clone(),
         };
-        Ok(self.order_event(order, types::ORDER_PLACED, &event))
+        let event = self.order_event(order, types::ORDER_PLACED, &event);
+        Ok(if placed.choreographed {
+            choreography::start(event)
+        } else {
+            event
+        })
     }
 
     /// Records an order decided without the saga (by two-phase commit, `crate::twopc`): its
@@ -204,6 +216,22 @@ impl Orchestrator {
         event: &Event,
         cause: Option<&EventEnvelope>,
     ) -> Result<Option<Order>, StoreError> {
+        self.advance_through(conn, id, std::slice::from_ref(event), cause)
+            .await
+    }
+
+    /// [`Orchestrator::advance`] by each of `events` that fits, in order ([`Saga::observe`]):
+    /// what a choreographed order's event, which carries the events before it, records. A
+    /// choreographed order takes only the participants' events: nobody here times it out,
+    /// retries or compensates it (a deadline or an operator's request changes nothing), and no
+    /// command is sent.
+    pub async fn advance_through(
+        &self,
+        conn: &mut PgConnection,
+        id: Uuid,
+        events: &[Event],
+        cause: Option<&EventEnvelope>,
+    ) -> Result<Option<Order>, StoreError> {
         if repository::lock_saga(conn, id).await?.is_none() {
             return Ok(None);
         }
@@ -212,11 +240,18 @@ impl Orchestrator {
             let Some(mut order) = self.store.load(conn, id).await? else {
                 return Ok(None);
             };
-            let Some(fact) = order.saga.decide(event, &self.policy) else {
-                tracing::debug!(saga = %id, state = order.saga.state.as_str(), ?event, "event does not fit the saga's state, ignored");
+            let choreographed = order.placed.as_ref().is_some_and(|p| p.choreographed);
+            let events: Vec<Event> = events
+                .iter()
+                .filter(|e| !choreographed || e.is_participants())
+                .cloned()
+                .collect();
+            let facts = order.saga.observe(&events, &self.policy);
+            if facts.is_empty() {
+                tracing::debug!(saga = %id, state = order.saga.state.as_str(), ?events, "event does not fit the saga's state, ignored");
                 return Ok(Some(order));
-            };
-            let events = order.events_for(fact);
+            }
+            let events = order.events_for(facts);
             let placed = order.placed.clone().unwrap_or_default();
             let meta = Meta {
                 tenant_id: placed.tenant_id,
@@ -234,10 +269,13 @@ impl Orchestrator {
                 Err(e) => return Err(e),
             }
         };
-        // Every state but the terminal ones has a command in flight, and so a deadline.
-        let deadline = (!order.saga.state.is_terminal()).then(|| self.deadline(&order.saga));
+        // Every state but the terminal ones has a command in flight, and so a deadline (but a
+        // choreography's commands are the participants' own business).
+        let orchestrated = order.placed.as_ref().is_some_and(|p| !p.choreographed);
+        let deadline = (orchestrated && !order.saga.state.is_terminal())
+            .then(|| self.deadline(&order.saga));
         let mut out = Vec::new();
-        if let Some(command) = order.saga.in_flight() {
+        if let Some(command) = order.saga.in_flight().filter(|_| orchestrated) {
             let mut e = self.command(&order, command);
             if let Some(cause) = cause {
                 e = e.caused_by(cause);
@@ -537,8 +575,38 @@ pub struct Replies(pub Orchestrator);
 
 impl Handler for Replies {
     async fn handle(&self, conn: &mut PgConnection, e: &EventEnvelope) -> Result<(), HandlerError> {
-        let p = e.payload.as_slice();
-        let event = match e.event_type.as_str() {
+        // A choreographed order's event carries the events before it (after `order.placed`):
+        // apply them all, in causal order, whichever topic delivered first.
+        let events = match choreography::history(e) {
+            Some(facts) => facts
+                .iter()
+                .skip(1)
+                .map(|f| saga_event(&f.event_type, &f.payload))
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>, _>>()?,
+            None => saga_event(&e.event_type, &e.payload)?.into_iter().collect(),
+        };
+        if events.is_empty() {
+            return Ok(()); // stock levels and other facts are not replies
+        }
+        let Ok(id) = Uuid::parse_str(&e.aggregate_id) else {
+            return Ok(()); // not one of our orders
+        };
+        let before = std::time::Instant::now();
+        if let Some(order) = self.0.advance_through(conn, id, &events, Some(e)).await? {
+            metrics::histogram!("saga_step_apply_seconds").record(before.elapsed().as_secs_f64());
+            if order.saga.state.is_terminal() {
+                metrics::counter!("sagas_finished_total", "state" => order.saga.state.as_str())
+                    .increment(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a participant's event means to the saga; None for the facts that are not replies.
+fn saga_event(event_type: &str, p: &[u8]) -> Result<Option<Event>, prost::DecodeError> {
+    Ok(Some(match event_type {
             types::STOCK_RESERVED => Event::Succeeded(Step::Reserve),
             types::STOCK_RESERVATION_FAILED => {
                 Event::Failed(Step::Reserve, StockReservationFailed::decode(p)?.reason)
@@ -555,20 +623,6 @@ impl Handler for Replies {
                 Event::Failed(Step::Ship, ShipmentRefused::decode(p)?.reason)
             }
             types::SHIPMENT_CANCELLED => Event::Compensated(Step::Ship),
-            // Stock levels and other facts are not replies.
-            _ => return Ok(()),
-        };
-        let Ok(id) = Uuid::parse_str(&e.aggregate_id) else {
-            return Ok(()); // not one of our orders
-        };
-        let before = std::time::Instant::now();
-        if let Some(order) = self.0.advance(conn, id, &event, Some(e)).await? {
-            metrics::histogram!("saga_step_apply_seconds").record(before.elapsed().as_secs_f64());
-            if order.saga.state.is_terminal() {
-                metrics::counter!("sagas_finished_total", "state" => order.saga.state.as_str())
-                    .increment(1);
-            }
-        }
-        Ok(())
-    }
+            _ => return Ok(None),
+    }))
 }

@@ -7,10 +7,13 @@
 //! - [`repository`]: the SQL. A charge locks its account row; the `charge` table makes it happen
 //!   at most once per order.
 //! - [`commands`]: the saga's commands (charge, refund) arriving through the inbox.
+//! - [`choreography`]: its part in a choreographed order (reacting to the other services'
+//!   events with the same commands).
 //! - [`twopc`]: its share of an order placed with two-phase commit (the `Participant` service).
 //! - [`grpc`]: `OpenAccount`, `GetAccount`, `ListMovements`.
 //! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
+pub mod choreography;
 pub mod commands;
 pub mod domain;
 pub mod grpc;
@@ -18,6 +21,7 @@ pub mod repository;
 pub mod twopc;
 
 use shop_messaging::{
+    choreography::Reactions,
     service::{self, PgServiceSettings},
     topics,
 };
@@ -61,14 +65,25 @@ pub async fn build(
     let handler = commands::Commands {
         events_topic: events,
     };
+    let reactions = Reactions::new(choreography::TRIGGERS, choreography::react, handler.clone());
     service::spawn_inbox(
         &mut app,
         &pool,
         &settings.kafka,
         "payment",
-        &commands,
+        &[&commands],
         handler,
-        shutdown,
+        shutdown.clone(),
     )?;
+    service::spawn_reactions(
+        &mut app,
+        &pool,
+        &settings.kafka,
+        "payment",
+        &[topics::INVENTORY_EVENTS, topics::SHIPPING_EVENTS],
+        reactions,
+        shutdown,
+    )
+    .await?;
     Ok(app)
 }

@@ -6,10 +6,13 @@
 //! - [`domain`]: address validation and the zones shipped to; no I/O.
 //! - [`repository`]: the SQL; one shipment row per order.
 //! - [`commands`]: the saga's commands arriving through the inbox.
+//! - [`choreography`]: its part in a choreographed order (reacting to the other services'
+//!   events with the same commands).
 //! - [`twopc`]: its share of an order placed with two-phase commit (the `Participant` service).
 //! - [`grpc`]: `GetShipment`, `ValidateAddress`.
 //! - [`build`]: the service, assembled; ready (gRPC health) while PostgreSQL and Kafka answer.
 
+pub mod choreography;
 pub mod commands;
 pub mod domain;
 pub mod grpc;
@@ -18,6 +21,7 @@ pub mod twopc;
 
 use serde::{Deserialize, Serialize};
 use shop_messaging::{
+    choreography::Reactions,
     service::{self, PgServiceSettings},
     topics,
 };
@@ -95,8 +99,25 @@ pub async fn build(
         events_topic: events,
         zones,
     };
+    let reactions = Reactions::new(choreography::TRIGGERS, choreography::react, handler.clone());
     service::spawn_inbox(
-        &mut app, &pool, &s.kafka, "shipping", &commands, handler, shutdown,
+        &mut app,
+        &pool,
+        &s.kafka,
+        "shipping",
+        &[&commands],
+        handler,
+        shutdown.clone(),
     )?;
+    service::spawn_reactions(
+        &mut app,
+        &pool,
+        &s.kafka,
+        "shipping",
+        &[topics::PAYMENT_EVENTS],
+        reactions,
+        shutdown,
+    )
+    .await?;
     Ok(app)
 }

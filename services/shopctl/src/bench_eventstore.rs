@@ -59,6 +59,7 @@ fn placed(i: usize) -> Placed {
             ..ShipTo::default()
         },
         payment_account_id: "acc".into(),
+        choreographed: false,
     }
 }
 
@@ -72,7 +73,7 @@ fn stream_of(length: u64, i: usize) -> Vec<OrderEvent> {
             attempt: order.saga.attempts + 1,
             cause: "retried by an operator".into(),
         };
-        for e in order.events_for(fact) {
+        for e in order.events_for(vec![fact]) {
             let v = order.version + 1;
             order.apply(&e, v, chrono::Utc::now());
             events.push(e);
@@ -184,7 +185,7 @@ async fn projection_throughput(pool: &PgPool, orders: usize) -> anyhow::Result<P
                 )
                 .await?;
             for step in [Step::Reserve, Step::Charge, Step::Ship, Step::Commit] {
-                let events = order.events_for(SagaEvent::StepDone { step });
+                let events = order.events_for(vec![SagaEvent::StepDone { step }]);
                 store.append(&mut tx, &mut order, &events, &meta()).await?;
             }
         }

@@ -1,5 +1,5 @@
-//! `shopctl compare`: the same workload through the orchestrated saga and through two-phase
-//! commit, in one run against the running platform, side by side (issue 14):
+//! `shopctl compare`: the same workload through the orchestrated saga, the choreographed saga
+//! and two-phase commit, in one run against the running platform, side by side (issue 14):
 //!
 //! - throughput and latency (PlaceOrder sent -> the order COMPLETED or CANCELLED);
 //! - what each holds across services: 2PC's participants hold row locks from PREPARE to the
@@ -7,9 +7,9 @@
 //!   (each step is one local transaction) but holds the stock and the money of an order until
 //!   it ends (a reservation, a charge that may be refunded);
 //! - optionally (`--pause-secs`) the same with the shipping service frozen (SIGSTOP) for that
-//!   long mid-run: 2PC refuses or blocks, the saga waits and carries on;
+//!   long mid-run: 2PC refuses or blocks, the sagas wait and carry on;
 //! - optionally (`--kill-order`) the same with the order service (orchestrator and
-//!   coordinator) SIGKILLed mid-run and started again;
+//!   coordinator; for choreography only the recorder) SIGKILLed mid-run and started again;
 //! - and `shopctl check` for the run's tenant after each run (0 violations expected).
 
 use std::time::{Duration, Instant};
@@ -241,6 +241,7 @@ async fn measure(
 ) -> anyhow::Result<Row> {
     let label = match mode {
         Coordination::Saga => "saga",
+        Coordination::Choreography => "choreography",
         Coordination::TwoPhaseCommit => "2pc",
     };
     let fault_label = match fault {
@@ -361,7 +362,11 @@ pub async fn run(dbs: &Databases, args: &CompareArgs) -> anyhow::Result<Vec<Row>
     }
     let mut rows = Vec::new();
     for fault in faults {
-        for mode in [Coordination::Saga, Coordination::TwoPhaseCommit] {
+        for mode in [
+            Coordination::Saga,
+            Coordination::Choreography,
+            Coordination::TwoPhaseCommit,
+        ] {
             let row = measure(args, dbs, run, mode, fault).await?;
             eprintln!(
                 "  {} / {}: done in {:.1} s",
@@ -382,7 +387,7 @@ pub fn print(rows: &[Row], args: &CompareArgs) {
         args.orders, args.concurrency, args.skus
     );
     println!(
-        "  {:<5} {:<22} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>17} {:>12} {:>10}",
+        "  {:<12} {:<22} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>17} {:>12} {:>10}",
         "mode",
         "fault",
         "completed",
@@ -398,7 +403,7 @@ pub fn print(rows: &[Row], args: &CompareArgs) {
     let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     for r in rows {
         println!(
-            "  {:<5} {:<22} {:>9} {:>9} {:>7} {:>8.1} {:>8} {:>8} {:>17} {:>12} {:>10}",
+            "  {:<12} {:<22} {:>9} {:>9} {:>7} {:>8.1} {:>8} {:>8} {:>17} {:>12} {:>10}",
             r.mode,
             r.fault,
             r.completed,

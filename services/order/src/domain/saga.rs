@@ -201,6 +201,16 @@ pub enum Event {
     RetryRequested,
 }
 
+impl Event {
+    /// Whether a participant says this (the rest is the clock's or an operator's).
+    pub fn is_participants(&self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded(_) | Self::Failed(..) | Self::Compensated(_)
+        )
+    }
+}
+
 /// A fact the saga records on the order's event stream: the decision taken on an [`Event`].
 /// Replaying these with [`Saga::evolve`] rebuilds the saga exactly, whatever the policy is by
 /// then (a timeout records whether it was retried or gave up, not just that it happened).
@@ -337,6 +347,23 @@ impl Saga {
                 }
             }
         }
+    }
+
+    /// The facts `events` record, taken in order from this state: each that fits, evolving as
+    /// it goes. One event is [`Saga::decide`]. Several are what an observer of a choreographed
+    /// saga gets: an event that carries the events before it (its causes) may arrive before
+    /// them, on another topic; applying the whole history in order takes the causes first, and
+    /// the ones already seen do not fit again.
+    pub fn observe(&self, events: &[Event], policy: &Policy) -> Vec<SagaEvent> {
+        let mut saga = self.clone();
+        let mut facts = Vec::new();
+        for event in events {
+            if let Some(fact) = saga.decide(event, policy) {
+                saga = saga.evolve(&fact);
+                facts.push(fact);
+            }
+        }
+        facts
     }
 
     /// What `event` means in this state: the fact to record, or None when it does not fit.
@@ -556,6 +583,53 @@ pub(crate) mod tests {
             Just(RetryRequested),
             Just(CompensateRequested("operator".into())),
         ]
+    }
+
+    /// The event histories of a choreographed order, one per outcome.
+    fn flows() -> Vec<Vec<Event>> {
+        let why = || "no".to_owned();
+        vec![
+            vec![Succeeded(Reserve), Succeeded(Charge), Succeeded(Ship), Succeeded(Commit)],
+            vec![Failed(Reserve, why())],
+            vec![Succeeded(Reserve), Failed(Charge, why()), Compensated(Reserve)],
+            vec![
+                Succeeded(Reserve),
+                Succeeded(Charge),
+                Failed(Ship, why()),
+                Compensated(Charge),
+                Compensated(Reserve),
+            ],
+        ]
+    }
+
+    proptest! {
+        /// An observer gets a choreographed order's events from three topics in any order, some
+        /// twice; each carries the ones before it. Whatever the order, it records the facts in
+        /// causal order (what it has recorded is always a prefix of the in-order record) and
+        /// ends where the in-order run ends.
+        #[test]
+        fn an_observer_records_a_choreography_in_causal_order_whatever_the_delivery(
+            flow in 0usize..4,
+            deliveries in proptest::collection::vec(any::<prop::sample::Index>(), 1..12),
+        ) {
+            let policy = Policy::default();
+            let history = &flows()[flow];
+            let expected = Saga::start().0.observe(history, &policy);
+            // Every event at least once, then the random ones (late, duplicated).
+            let mut order: Vec<usize> = deliveries.iter().map(|i| i.index(history.len())).collect();
+            order.extend(0..history.len());
+            let (mut saga, mut recorded) = (Saga::start().0, Vec::new());
+            for k in order {
+                let facts = saga.observe(&history[..=k], &policy);
+                for f in &facts {
+                    saga = saga.evolve(f);
+                }
+                recorded.extend(facts);
+                prop_assert_eq!(&recorded[..], &expected[..recorded.len()]);
+            }
+            prop_assert_eq!(recorded, expected);
+            prop_assert!(saga.state.is_terminal());
+        }
     }
 
     proptest! {

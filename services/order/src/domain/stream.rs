@@ -52,6 +52,10 @@ pub struct Placed {
     pub total_minor: i64,
     pub shipping_address: ShipTo,
     pub payment_account_id: String,
+    /// Carried out by choreography: the participants react to each other's events and this
+    /// service only records what happened (absent in the orchestrated saga's streams).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub choreographed: bool,
 }
 
 impl Placed {
@@ -80,6 +84,7 @@ impl Placed {
                 country: a.country.clone(),
             },
             payment_account_id: o.payment_account_id.clone(),
+            choreographed: false,
         }
     }
 
@@ -264,6 +269,7 @@ pub fn upcast_placed_v1(v1: Value) -> Result<Placed, String> {
         total_minor: total,
         shipping_address: old.address,
         payment_account_id: old.account,
+        choreographed: false,
     })
 }
 
@@ -435,17 +441,21 @@ impl Order {
         }
     }
 
-    /// The stream events that record `fact`, plus the order's own closing event when the saga
-    /// ends with it.
-    pub fn events_for(&self, fact: SagaEvent) -> Vec<OrderEvent> {
-        let after = self.saga.evolve(&fact);
-        let mut events = vec![OrderEvent::Saga(fact)];
-        match after.state {
-            State::Completed => events.push(OrderEvent::Completed),
-            State::Cancelled => events.push(OrderEvent::Cancelled {
-                reason: after.reason.unwrap_or_default(),
-            }),
-            _ => {}
+    /// The stream events that record `facts` (in order), plus the order's own closing event when
+    /// the saga ends with them.
+    pub fn events_for(&self, facts: Vec<SagaEvent>) -> Vec<OrderEvent> {
+        let mut saga = self.saga.clone();
+        let mut events = Vec::new();
+        for fact in facts {
+            saga = saga.evolve(&fact);
+            events.push(OrderEvent::Saga(fact));
+            match saga.state {
+                State::Completed => events.push(OrderEvent::Completed),
+                State::Cancelled => events.push(OrderEvent::Cancelled {
+                    reason: saga.reason.clone().unwrap_or_default(),
+                }),
+                _ => {}
+            }
         }
         events
     }
@@ -480,6 +490,7 @@ mod tests {
                 ..ShipTo::default()
             },
             payment_account_id: "acc".into(),
+            choreographed: false,
         }
     }
 
@@ -494,7 +505,7 @@ mod tests {
             let Some(fact) = order.saga.decide(input, &policy) else {
                 continue;
             };
-            for e in order.events_for(fact) {
+            for e in order.events_for(vec![fact]) {
                 let v = order.version + 1;
                 order.apply(
                     &e,

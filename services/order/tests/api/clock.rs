@@ -59,7 +59,7 @@ async fn a_step_times_out_one_wait_after_its_command_is_published_not_while_it_i
     let id = Uuid::now_v7();
     let new = NewOrder::parse(&request("clock-1", "mug", 1, 500, "acc", "DE")).expect("order");
     let mut tx = pool.begin().await.expect("begin");
-    saga.start(&mut tx, id, &new).await.expect("start");
+    saga.start(&mut tx, id, &new, false).await.expect("start");
     tx.commit().await.expect("commit");
 
     // The deadline passes with the command unsent: nothing is retried, the deadline moves on.

@@ -55,6 +55,7 @@ fn placed(customer: &str) -> Placed {
             ..ShipTo::default()
         },
         payment_account_id: "acc".into(),
+        choreographed: false,
     }
 }
 
@@ -166,7 +167,7 @@ async fn the_order_store_snapshots_and_a_snapshot_plus_tail_equals_the_full_repl
             attempt,
             cause: "retried by an operator".into(),
         };
-        let events = order.events_for(fact);
+        let events = order.events_for(vec![fact]);
         store
             .append(&mut tx, &mut order, &events, &meta())
             .await
@@ -174,7 +175,7 @@ async fn the_order_store_snapshots_and_a_snapshot_plus_tail_equals_the_full_repl
     }
     for step in [Step::Reserve, Step::Charge] {
         let fact = SagaEvent::StepDone { step };
-        let events = order.events_for(fact);
+        let events = order.events_for(vec![fact]);
         store
             .append(&mut tx, &mut order, &events, &meta())
             .await
@@ -208,7 +209,7 @@ async fn the_order_store_snapshots_and_a_snapshot_plus_tail_equals_the_full_repl
         .expect("order");
     assert_eq!(stale.version, 13);
     let fact = SagaEvent::StepDone { step: Step::Ship };
-    let events = stale.events_for(fact);
+    let events = stale.events_for(vec![fact]);
     assert!(matches!(
         store.append(&mut conn, &mut stale, &events, &meta()).await,
         Err(StoreError::Conflict(_))
