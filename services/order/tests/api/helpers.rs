@@ -436,10 +436,20 @@ impl Platform {
     /// Stops the order service (the last one started) as if it died, and starts another on
     /// the same database with `settings`: what a restarted coordinator finds.
     pub async fn restart_order(&mut self, settings: shop_order::Settings) {
+        self.stop_order().await;
+        self.start_order(settings).await;
+    }
+
+    /// Stops the order service (the last one started) as if it died.
+    pub async fn stop_order(&mut self) {
         if let Some(old) = self.stops.pop() {
             old.cancel();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Starts an order service on the same database with `settings` (after [`Self::stop_order`]).
+    pub async fn start_order(&mut self, settings: shop_order::Settings) {
         let stop = CancellationToken::new();
         let app = shop_order::build(&settings, stop.clone())
             .await
