@@ -48,9 +48,13 @@ pub struct CompareArgs {
     /// Also a run per mode with the order service SIGKILLed mid-run and restarted.
     #[arg(long)]
     pub kill_order: bool,
-    /// Where the native stack keeps its pid files (services.sh's `.stack`).
+    /// Where the native stack keeps its pid files (services.sh's `.stack`): `<dir>/run/<service>.pid`.
     #[arg(long, default_value = ".stack")]
     pub stack_dir: String,
+    /// What starts the killed order service again (the fault matrix, which supervises its own
+    /// processes, passes `true` and restarts it itself).
+    #[arg(long, default_value = "infra/local/services.sh up")]
+    pub restart_cmd: String,
     /// Write the rows as JSON here too.
     #[arg(long)]
     pub json_out: Option<String>,
@@ -263,6 +267,7 @@ async fn measure(
     let give_up = started + Duration::from_secs(180);
     let injector = {
         let stack = args.stack_dir.clone();
+        let restart = args.restart_cmd.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             match fault {
@@ -275,12 +280,12 @@ async fn measure(
                 Fault::KillOrder => {
                     signal(&stack, "order", "-KILL")?;
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    let ok = tokio::process::Command::new("infra/local/services.sh")
-                        .arg("up")
+                    let ok = tokio::process::Command::new("sh")
+                        .args(["-c", &restart])
                         .status()
                         .await?
                         .success();
-                    anyhow::ensure!(ok, "services.sh up failed");
+                    anyhow::ensure!(ok, "{restart} failed");
                     Ok(())
                 }
             }

@@ -5,7 +5,7 @@
 //!
 //! | check | what must hold |
 //! |---|---|
-//! | `sagas.overdue` | no saga is still running past its deadline |
+//! | `sagas.overdue` | no saga is still running past its deadline (a choreographed one, which has none: quiet for 5 minutes) |
 //! | `stock.conservation` | per SKU: received - committed = available + reserved |
 //! | `stock.holds` | per SKU: `reserved` equals the lines of the reservations still held |
 //! | `stock.oversold` | per SKU: committed + held never exceeds what was received |

@@ -11,7 +11,7 @@ use shop_proto::{
     common::{Address, LineItem, Money},
     inventory::{RestockRequest, inventory_service_client::InventoryServiceClient},
     order::{
-        GetOrderRequest, OrderStatus, PlaceOrderRequest, order_service_client::OrderServiceClient,
+        Coordination, GetOrderRequest, OrderStatus, PlaceOrderRequest, order_service_client::OrderServiceClient,
     },
     payment::{OpenAccountRequest, payment_service_client::PaymentServiceClient},
 };
@@ -149,7 +149,8 @@ pub async fn seed(c: &Clients, tenant: &str) {
     );
 }
 
-/// The burst: `ORDERS` orders (some refused by rule: out of zone, too poor, out of stock) and
+/// The burst: `ORDERS` orders (some refused by rule: out of zone, too poor, out of stock; a
+/// third of them choreographed, the rest orchestrated) and
 /// `CHECKOUTS` cart checkouts, six at a time. Returns every order id placed.
 pub async fn burst(c: &Clients, tenant: &str) -> Vec<String> {
     let orders = stream::iter(0..ORDERS)
@@ -169,7 +170,13 @@ pub async fn burst(c: &Clients, tenant: &str) -> Vec<String> {
                     "{tenant}-{}",
                     if i % 8 == 3 { "poor" } else { "rich" }
                 ),
-                ..Default::default()
+                // A third choreographed (among them refusals of both kinds: 11 and 35 cannot
+                // pay, 5, 17, 29 and 41 go out of zone), the rest orchestrated.
+                coordination: if i % 3 == 2 {
+                    Coordination::Choreography.into()
+                } else {
+                    Coordination::Saga.into()
+                },
             };
             async move {
                 // Spread over ~3 s, so the fault lands mid-burst.

@@ -186,6 +186,11 @@ async fn every_fault_leaves_every_invariant_intact() {
         }
     }
     let dead_letters = storms::dead_letters(&p).await;
+    let compared = if chosen("compare") {
+        Some(compare(&mut p).await)
+    } else {
+        None
+    };
 
     let mut table = format!(
         "{:<28} {:>6} {:>9} {:>9} {:>7} {:>10} {:>8}\n",
@@ -209,6 +214,9 @@ async fn every_fault_leaves_every_invariant_intact() {
     table.push_str(&format!(
         "dead letters after the poison scenario: {dead_letters:?}\n"
     ));
+    if let Some((out, _)) = &compared {
+        table.push_str(out);
+    }
     println!("\n{table}");
     // `make test` prints it after the suite (libtest keeps a passing test's output to itself).
     let _ = std::fs::write(
@@ -222,6 +230,9 @@ async fn every_fault_leaves_every_invariant_intact() {
     for r in &failed {
         println!("{}: {}", r.scenario, r.report);
     }
+    if let Some((_, ok)) = &compared {
+        assert!(ok, "shopctl compare: an order did not end, or an invariant broke");
+    }
     assert!(
         failed.is_empty(),
         "{} scenario(s) broke an invariant",
@@ -232,4 +243,62 @@ async fn every_fault_leaves_every_invariant_intact() {
         "every PostgreSQL consumer dead-lettered the poison: {dead_letters:?}"
     );
     p.stop().await;
+}
+
+/// `shopctl compare` on this platform: the orchestrated saga, choreography and 2PC on the same
+/// workload, without a fault, with shipping frozen mid-run and with the order service killed
+/// mid-run (started again here, as `services.sh up` does on the native stack). Its table, and
+/// whether every run ended every order and kept every invariant.
+async fn compare(p: &mut Platform) -> (String, bool) {
+    let dir = p.stack_dir().to_path_buf();
+    let json = dir.join("compare.json");
+    let mut child = p
+        .shopctl(&[
+            "compare",
+            "--orders",
+            "30",
+            "--concurrency",
+            "6",
+            "--skus",
+            "4",
+            "--pause-secs",
+            "5",
+            "--kill-order",
+            "--restart-cmd",
+            "true",
+            "--stack-dir",
+            &dir.to_string_lossy(),
+            "--json-out",
+            &json.to_string_lossy(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shopctl compare");
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.expect("compare"),
+            () = tokio::time::sleep(Duration::from_millis(300)) => {
+                if p.exited("order", Duration::from_millis(1)).await {
+                    p.restart("order", &[]).await;
+                }
+            }
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        use tokio::io::AsyncReadExt as _;
+        let _ = stdout.read_to_string(&mut out).await;
+    }
+    let rows: Vec<serde_json::Value> = std::fs::read(&json)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let modes = |m: &str| rows.iter().filter(|r| r["mode"] == m).count();
+    let ok = status.success()
+        && rows.len() == 9
+        && ["saga", "choreography", "2pc"].iter().all(|m| modes(m) == 3)
+        && rows
+            .iter()
+            .all(|r| r["violations"] == 0 && r["pending"] == 0);
+    (out, ok)
 }

@@ -30,12 +30,14 @@ pub const RELAY_SERVICES: &[&str] = &[
     "cart",
     "catalog",
 ];
-/// Each PostgreSQL consumer's group (= its inbox's name), without the run's prefix.
-pub const PG_GROUPS: &[(&str, &str)] = &[
-    ("order", "order-saga"),
-    ("payment", "payment"),
-    ("inventory", "inventory"),
-    ("shipping", "shipping"),
+/// Each PostgreSQL service's consumer groups (= its inboxes' names), without the run's prefix:
+/// the command consumer and, for the participants, the one that reacts to the others' events
+/// in a choreographed order.
+pub const PG_GROUPS: &[(&str, &[&str])] = &[
+    ("order", &["order-saga"]),
+    ("payment", &["payment", "payment-choreography"]),
+    ("inventory", &["inventory", "inventory-choreography"]),
+    ("shipping", &["shipping", "shipping-choreography"]),
 ];
 pub const PG_URL: &str = "postgres://shop:shop@127.0.0.1:5432/postgres";
 
@@ -187,7 +189,31 @@ impl Platform {
                     self.bin.display()
                 )
             });
+        // Where `shopctl compare` finds the processes it pauses and kills.
+        let run = self.logs.join("run");
+        std::fs::create_dir_all(&run).expect("pid dir");
+        let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+        std::fs::write(run.join(format!("{service}.pid")), pid).expect("pid file");
         self.children.insert(service, child);
+    }
+
+    /// The directory with `run/<service>.pid` (as the native stack's `.stack`).
+    pub fn stack_dir(&self) -> &std::path::Path {
+        &self.logs
+    }
+
+    /// `shopctl <args>` against this platform (its services, databases and topics), its output.
+    pub fn shopctl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin.join("shopctl"));
+        c.args(args)
+            .env("SHOP__KAFKA__TOPIC_PREFIX", &self.topics)
+            .env("SHOP_KAFKA", format!("127.0.0.1:{}", self.broker.port))
+            .env("SHOP_DB_PREFIX", format!("{}_", self.run))
+            .env("SHOP_PG_URL", PG_URL);
+        for s in SERVICES {
+            c.env(format!("SHOP_{}", s.to_uppercase()), self.url(s));
+        }
+        c
     }
 
     async fn wait_listening(&mut self, service: &'static str) {

@@ -57,7 +57,7 @@ pub async fn replay_everything(p: &mut Platform) {
                 .expect("partition");
         }
     }
-    for (_, group) in PG_GROUPS {
+    for group in PG_GROUPS.iter().flat_map(|(_, groups)| groups.iter()) {
         let group = format!("{}{group}", kafka.topic_prefix);
         let consumer: BaseConsumer = kafka.consumer_config(&group).create().expect("consumer");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
