@@ -18,8 +18,8 @@
 //!   so an observer applies [`history`] in order and skips what it has seen already.
 
 use prost::Message;
-pub use shop_proto::events::{Choreography, Fact};
 use shop_proto::events::OrderPlaced;
+pub use shop_proto::events::{Choreography, Fact};
 use sqlx::PgConnection;
 
 use crate::{
@@ -129,7 +129,7 @@ impl<H: Handler> Handler for Reactions<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shop_proto::events::{StockReserved, SmokeTick};
+    use shop_proto::events::{SmokeTick, StockReserved};
 
     fn placed() -> NewEvent {
         let order = OrderPlaced {
@@ -137,7 +137,13 @@ mod tests {
             payment_account_id: "acct".into(),
             ..Default::default()
         };
-        start(NewEvent::new("t", types::ORDER_PLACED, "order", "o1", &order))
+        start(NewEvent::new(
+            "t",
+            types::ORDER_PLACED,
+            "order",
+            "o1",
+            &order,
+        ))
     }
 
     #[test]

@@ -272,8 +272,8 @@ impl Orchestrator {
         // Every state but the terminal ones has a command in flight, and so a deadline (but a
         // choreography's commands are the participants' own business).
         let orchestrated = order.placed.as_ref().is_some_and(|p| !p.choreographed);
-        let deadline = (orchestrated && !order.saga.state.is_terminal())
-            .then(|| self.deadline(&order.saga));
+        let deadline =
+            (orchestrated && !order.saga.state.is_terminal()).then(|| self.deadline(&order.saga));
         let mut out = Vec::new();
         if let Some(command) = order.saga.in_flight().filter(|_| orchestrated) {
             let mut e = self.command(&order, command);
@@ -607,22 +607,18 @@ impl Handler for Replies {
 /// What a participant's event means to the saga; None for the facts that are not replies.
 fn saga_event(event_type: &str, p: &[u8]) -> Result<Option<Event>, prost::DecodeError> {
     Ok(Some(match event_type {
-            types::STOCK_RESERVED => Event::Succeeded(Step::Reserve),
-            types::STOCK_RESERVATION_FAILED => {
-                Event::Failed(Step::Reserve, StockReservationFailed::decode(p)?.reason)
-            }
-            types::STOCK_RELEASED => Event::Compensated(Step::Reserve),
-            types::STOCK_COMMITTED => Event::Succeeded(Step::Commit),
-            types::PAYMENT_CHARGED => Event::Succeeded(Step::Charge),
-            types::PAYMENT_DECLINED => {
-                Event::Failed(Step::Charge, PaymentDeclined::decode(p)?.reason)
-            }
-            types::PAYMENT_REFUNDED => Event::Compensated(Step::Charge),
-            types::SHIPMENT_CREATED => Event::Succeeded(Step::Ship),
-            types::SHIPMENT_REFUSED => {
-                Event::Failed(Step::Ship, ShipmentRefused::decode(p)?.reason)
-            }
-            types::SHIPMENT_CANCELLED => Event::Compensated(Step::Ship),
-            _ => return Ok(None),
+        types::STOCK_RESERVED => Event::Succeeded(Step::Reserve),
+        types::STOCK_RESERVATION_FAILED => {
+            Event::Failed(Step::Reserve, StockReservationFailed::decode(p)?.reason)
+        }
+        types::STOCK_RELEASED => Event::Compensated(Step::Reserve),
+        types::STOCK_COMMITTED => Event::Succeeded(Step::Commit),
+        types::PAYMENT_CHARGED => Event::Succeeded(Step::Charge),
+        types::PAYMENT_DECLINED => Event::Failed(Step::Charge, PaymentDeclined::decode(p)?.reason),
+        types::PAYMENT_REFUNDED => Event::Compensated(Step::Charge),
+        types::SHIPMENT_CREATED => Event::Succeeded(Step::Ship),
+        types::SHIPMENT_REFUSED => Event::Failed(Step::Ship, ShipmentRefused::decode(p)?.reason),
+        types::SHIPMENT_CANCELLED => Event::Compensated(Step::Ship),
+        _ => return Ok(None),
     }))
 }

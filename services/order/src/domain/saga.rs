@@ -589,9 +589,18 @@ pub(crate) mod tests {
     fn flows() -> Vec<Vec<Event>> {
         let why = || "no".to_owned();
         vec![
-            vec![Succeeded(Reserve), Succeeded(Charge), Succeeded(Ship), Succeeded(Commit)],
+            vec![
+                Succeeded(Reserve),
+                Succeeded(Charge),
+                Succeeded(Ship),
+                Succeeded(Commit),
+            ],
             vec![Failed(Reserve, why())],
-            vec![Succeeded(Reserve), Failed(Charge, why()), Compensated(Reserve)],
+            vec![
+                Succeeded(Reserve),
+                Failed(Charge, why()),
+                Compensated(Reserve),
+            ],
             vec![
                 Succeeded(Reserve),
                 Succeeded(Charge),

@@ -47,7 +47,9 @@ async fn participants_carry_a_choreographed_order_through_and_refusals_flow_back
 
     // Completed by the participants alone: stock gone, one charge, a shipment.
     let placed = p
-        .place(choreographed(request("ch-k1", "ch-1", 2, 500, "ch-rich", "DE")))
+        .place(choreographed(request(
+            "ch-k1", "ch-1", 2, 500, "ch-rich", "DE",
+        )))
         .await;
     let id = placed.order.expect("order").order_id;
     assert_eq!(p.settled(&id).await.status(), OrderStatus::Completed);
@@ -56,13 +58,22 @@ async fn participants_carry_a_choreographed_order_through_and_refusals_flow_back
     assert_eq!(p.net_charged().await.get(&id), Some(&1000));
     assert_eq!(shipment(&ships, &id).await.as_deref(), Some("created"));
     assert_eq!(commands_sent(&p.order_db, &id).await, 0, "no command sent");
-    let saga = p.saga_when(&id, "completed", |s| s.state() == SagaState::Completed).await;
-    for step in ["reserve_stock", "charge_payment", "create_shipment", "commit_stock"] {
+    let saga = p
+        .saga_when(&id, "completed", |s| s.state() == SagaState::Completed)
+        .await;
+    for step in [
+        "reserve_stock",
+        "charge_payment",
+        "create_shipment",
+        "commit_stock",
+    ] {
         assert!(step_done(&saga, step), "{step} recorded: {saga:?}");
     }
     // The same key again: the same order, nothing twice.
     let again = p
-        .place(choreographed(request("ch-k1", "ch-1", 2, 500, "ch-rich", "DE")))
+        .place(choreographed(request(
+            "ch-k1", "ch-1", 2, 500, "ch-rich", "DE",
+        )))
         .await;
     assert!(!again.created);
     assert_eq!(p.stock("ch-1").await, (8, 0));
@@ -79,7 +90,9 @@ async fn participants_carry_a_choreographed_order_through_and_refusals_flow_back
 
     // Payment declines: inventory releases on `payment.declined`.
     let declined = p
-        .place(choreographed(request("ch-k2", "ch-1", 2, 500, "ch-poor", "DE")))
+        .place(choreographed(request(
+            "ch-k2", "ch-1", 2, 500, "ch-poor", "DE",
+        )))
         .await
         .order
         .expect("order")
@@ -87,13 +100,19 @@ async fn participants_carry_a_choreographed_order_through_and_refusals_flow_back
     assert_eq!(p.settled(&declined).await.status(), OrderStatus::Cancelled);
     assert_eq!(p.stock("ch-1").await, (7, 0), "reservation released");
     assert_eq!(p.balance("ch-poor").await, 100);
-    let saga = p.saga_when(&declined, "cancelled", |s| s.state() == SagaState::Cancelled).await;
+    let saga = p
+        .saga_when(&declined, "cancelled", |s| {
+            s.state() == SagaState::Cancelled
+        })
+        .await;
     assert!(step_done(&saga, "release_stock"), "{saga:?}");
 
     // Shipping refuses (no shipping to AQ): payment refunds on `shipment_refused`, inventory
     // releases on `payment.refunded`.
     let refused = p
-        .place(choreographed(request("ch-k3", "ch-1", 2, 500, "ch-rich", "AQ")))
+        .place(choreographed(request(
+            "ch-k3", "ch-1", 2, 500, "ch-rich", "AQ",
+        )))
         .await
         .order
         .expect("order")
@@ -102,13 +121,17 @@ async fn participants_carry_a_choreographed_order_through_and_refusals_flow_back
     assert_eq!(p.stock("ch-1").await, (7, 0));
     assert_eq!(p.balance("ch-rich").await, 100_000 - 1000 - 500);
     assert_eq!(p.net_charged().await.get(&refused).copied().unwrap_or(0), 0);
-    let saga = p.saga_when(&refused, "cancelled", |s| s.state() == SagaState::Cancelled).await;
+    let saga = p
+        .saga_when(&refused, "cancelled", |s| s.state() == SagaState::Cancelled)
+        .await;
     assert!(step_done(&saga, "refund_payment") && step_done(&saga, "release_stock"));
     assert_eq!(commands_sent(&p.order_db, &refused).await, 0);
 
     // Out of stock: refused at the first step, nothing to undo.
     let short = p
-        .place(choreographed(request("ch-k4", "ch-1", 50, 500, "ch-rich", "DE")))
+        .place(choreographed(request(
+            "ch-k4", "ch-1", 50, 500, "ch-rich", "DE",
+        )))
         .await
         .order
         .expect("order")
@@ -141,7 +164,9 @@ async fn a_choreography_runs_without_the_order_service_which_catches_up_in_causa
     p.open_account("cd-rich", 100_000).await;
     let ships = p.shipping_db().await;
     let id = p
-        .place(choreographed(request("cd-k1", "cd-1", 2, 500, "cd-rich", "DE")))
+        .place(choreographed(request(
+            "cd-k1", "cd-1", 2, 500, "cd-rich", "DE",
+        )))
         .await
         .order
         .expect("order")
@@ -155,18 +180,28 @@ async fn a_choreography_runs_without_the_order_service_which_catches_up_in_causa
     p.stop_order().await;
     // The participants go on: charged, shipped, committed.
     while p.stock("cd-1").await != (8, 0) || shipment(&ships, &id).await.is_none() {
-        assert!(tokio::time::Instant::now() < until, "the participants stopped");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the participants stopped"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(p.balance("cd-rich").await, 99_000);
     let settings = p.order_settings.clone();
     p.start_order(settings).await;
     assert_eq!(p.settled(&id).await.status(), OrderStatus::Completed);
-    let saga = p.saga_when(&id, "completed", |s| s.state() == SagaState::Completed).await;
+    let saga = p
+        .saga_when(&id, "completed", |s| s.state() == SagaState::Completed)
+        .await;
     let names: Vec<&str> = saga.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        ["reserve_stock", "charge_payment", "create_shipment", "commit_stock"],
+        [
+            "reserve_stock",
+            "charge_payment",
+            "create_shipment",
+            "commit_stock"
+        ],
         "{saga:?}"
     );
     ships.close().await;

@@ -11,7 +11,8 @@ use shop_proto::{
     common::{Address, LineItem, Money},
     inventory::{RestockRequest, inventory_service_client::InventoryServiceClient},
     order::{
-        Coordination, GetOrderRequest, OrderStatus, PlaceOrderRequest, order_service_client::OrderServiceClient,
+        Coordination, GetOrderRequest, OrderStatus, PlaceOrderRequest,
+        order_service_client::OrderServiceClient,
     },
     payment::{OpenAccountRequest, payment_service_client::PaymentServiceClient},
 };

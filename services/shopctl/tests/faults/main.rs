@@ -231,7 +231,10 @@ async fn every_fault_leaves_every_invariant_intact() {
         println!("{}: {}", r.scenario, r.report);
     }
     if let Some((_, ok)) = &compared {
-        assert!(ok, "shopctl compare: an order did not end, or an invariant broke");
+        assert!(
+            ok,
+            "shopctl compare: an order did not end, or an invariant broke"
+        );
     }
     assert!(
         failed.is_empty(),
@@ -296,7 +299,9 @@ async fn compare(p: &mut Platform) -> (String, bool) {
     let modes = |m: &str| rows.iter().filter(|r| r["mode"] == m).count();
     let ok = status.success()
         && rows.len() == 9
-        && ["saga", "choreography", "2pc"].iter().all(|m| modes(m) == 3)
+        && ["saga", "choreography", "2pc"]
+            .iter()
+            .all(|m| modes(m) == 3)
         && rows
             .iter()
             .all(|r| r["violations"] == 0 && r["pending"] == 0);
