@@ -16,7 +16,7 @@ use shop_proto::{
         GetStockRequest, RestockRequest, inventory_service_client::InventoryServiceClient,
     },
     order::{
-        GetOrderRequest, ListSagasRequest, OrderStatus, PlaceOrderRequest,
+        Coordination, GetOrderRequest, ListSagasRequest, OrderStatus, PlaceOrderRequest,
         order_service_client::OrderServiceClient,
     },
     payment::{
@@ -71,6 +71,8 @@ pub struct DemoSummary {
     pub completed: usize,
     pub cancelled: usize,
     pub cancelled_by_reason: BTreeMap<String, usize>,
+    /// Of them choreographed (a third): placed, completed.
+    pub choreographed: (usize, usize),
     pub saga_p50_ms: f64,
     pub saga_p99_ms: f64,
     pub place_seconds: f64,
@@ -220,7 +222,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
                     country: k.country.into(),
                 }),
                 payment_account_id: k.account.clone(),
-                ..Default::default()
+                coordination: if choreographed(i) {
+                    Coordination::Choreography.into()
+                } else {
+                    Coordination::Saga.into()
+                },
             };
             async move {
                 let r = place_order_shed_aware(&mut client, request)
@@ -281,6 +287,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let completed = outcomes
         .values()
         .filter(|(s, ..)| *s == OrderStatus::Completed)
+        .count();
+    let choreographed_completed = outcomes
+        .values()
+        .filter(|(s, _, _, i)| *s == OrderStatus::Completed && choreographed(*i))
         .count();
     let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
     for (status, reason, ..) in outcomes.values() {
@@ -415,6 +425,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         completed,
         cancelled: outcomes.len() - completed,
         cancelled_by_reason: by_reason,
+        choreographed: (
+            placed.iter().filter(|(_, i)| choreographed(*i)).count(),
+            choreographed_completed,
+        ),
         saga_p50_ms: (pct(0.5) * 10.0).round() / 10.0,
         saga_p99_ms: (pct(0.99) * 10.0).round() / 10.0,
         place_seconds,
@@ -446,6 +460,11 @@ fn reason_class(reason: &str) -> String {
     reason.to_owned()
 }
 
+/// A third of the demo's orders are choreographed (as many of each kind); the rest orchestrated.
+fn choreographed(i: usize) -> bool {
+    i % 3 == 0
+}
+
 pub fn print(s: &DemoSummary) {
     println!();
     println!(
@@ -457,6 +476,10 @@ pub fn print(s: &DemoSummary) {
     for (reason, n) in &s.cancelled_by_reason {
         println!("    {n:>6}  {reason}");
     }
+    println!(
+        "  of them choreographed {} (no orchestrator: the participants react to each other's events), {} completed",
+        s.choreographed.0, s.choreographed.1
+    );
     println!(
         "  saga time   p50 {:.0} ms, p99 {:.0} ms (placed -> completed or cancelled)",
         s.saga_p50_ms, s.saga_p99_ms
