@@ -79,24 +79,18 @@ async fn participants_carry_a_choreographed_order_through_and_refusals_flow_back
     assert_eq!(p.stock("ch-1").await, (8, 0));
     // The same order orchestrated does send commands (so the zero above can fail).
     let orchestrated = p
-        .place(request("ch-k0", "ch-1", 1, 500, "ch-rich", "DE"))
-        .await
-        .order
-        .expect("order")
-        .order_id;
+        .place_id(request("ch-k0", "ch-1", 1, 500, "ch-rich", "DE"))
+        .await;
     p.settled(&orchestrated).await;
     assert!(commands_sent(&p.order_db, &orchestrated).await > 0);
     assert_eq!(p.stock("ch-1").await, (7, 0));
 
     // Payment declines: inventory releases on `payment.declined`.
     let declined = p
-        .place(choreographed(request(
+        .place_id(choreographed(request(
             "ch-k2", "ch-1", 2, 500, "ch-poor", "DE",
         )))
-        .await
-        .order
-        .expect("order")
-        .order_id;
+        .await;
     assert_eq!(p.settled(&declined).await.status(), OrderStatus::Cancelled);
     assert_eq!(p.stock("ch-1").await, (7, 0), "reservation released");
     assert_eq!(p.balance("ch-poor").await, 100);
@@ -110,13 +104,10 @@ async fn participants_carry_a_choreographed_order_through_and_refusals_flow_back
     // Shipping refuses (no shipping to AQ): payment refunds on `shipment_refused`, inventory
     // releases on `payment.refunded`.
     let refused = p
-        .place(choreographed(request(
+        .place_id(choreographed(request(
             "ch-k3", "ch-1", 2, 500, "ch-rich", "AQ",
         )))
-        .await
-        .order
-        .expect("order")
-        .order_id;
+        .await;
     assert_eq!(p.settled(&refused).await.status(), OrderStatus::Cancelled);
     assert_eq!(p.stock("ch-1").await, (7, 0));
     assert_eq!(p.balance("ch-rich").await, 100_000 - 1000 - 500);
@@ -129,13 +120,10 @@ async fn participants_carry_a_choreographed_order_through_and_refusals_flow_back
 
     // Out of stock: refused at the first step, nothing to undo.
     let short = p
-        .place(choreographed(request(
+        .place_id(choreographed(request(
             "ch-k4", "ch-1", 50, 500, "ch-rich", "DE",
         )))
-        .await
-        .order
-        .expect("order")
-        .order_id;
+        .await;
     assert_eq!(p.settled(&short).await.status(), OrderStatus::Cancelled);
     assert_eq!(p.double_charges().await, 0);
 
@@ -164,13 +152,10 @@ async fn a_choreography_runs_without_the_order_service_which_catches_up_in_causa
     p.open_account("cd-rich", 100_000).await;
     let ships = p.shipping_db().await;
     let id = p
-        .place(choreographed(request(
+        .place_id(choreographed(request(
             "cd-k1", "cd-1", 2, 500, "cd-rich", "DE",
         )))
-        .await
-        .order
-        .expect("order")
-        .order_id;
+        .await;
     // Once `order.placed` is out (inventory has reserved), the order service goes away.
     let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while p.stock("cd-1").await == (10, 0) {

@@ -321,6 +321,11 @@ impl Platform {
             .into_inner()
     }
 
+    /// Places `r` and returns the order's id.
+    pub async fn place_id(&self, r: PlaceOrderRequest) -> String {
+        self.place(r).await.order.expect("order").order_id
+    }
+
     /// Waits until the order is COMPLETED or CANCELLED.
     pub async fn settled(&self, order_id: &str) -> Order {
         self.settled_within(order_id, Duration::from_secs(60)).await
