@@ -462,7 +462,7 @@ fn reason_class(reason: &str) -> String {
 
 /// A third of the demo's orders are choreographed (as many of each kind); the rest orchestrated.
 fn choreographed(i: usize) -> bool {
-    i % 3 == 0
+    i.is_multiple_of(3)
 }
 
 pub fn print(s: &DemoSummary) {
