@@ -19,6 +19,7 @@
 //! | `derived.search` | the search index has each product's price and version |
 //! | `derived.analytics` | analytics knows every completed order, and only those |
 //! | `derived.recommendations` | each completed order (of the last 29 days) was counted, and every pair of its SKUs scores at least the completed orders that hold both |
+//! | `regions.converged` | every region holds the same state of each profile and product counter (a difference still there, unchanged, at the second look) |
 //!
 //! Only orders whose saga has ended are judged across services; a violation must still be
 //! there when the checks run a second time (after `--confirm-after`), so a message in flight at
@@ -28,6 +29,7 @@
 
 mod derived;
 mod orders;
+mod regions;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -71,6 +73,9 @@ pub struct CheckArgs {
     pub clickhouse_url: String,
     #[arg(long, default_value = "shop_analytics")]
     pub analytics_database: String,
+    /// The catalog's regions (profiles and counters are replicated between them).
+    #[arg(long, env = "SHOP__REGIONS__NAMES", default_value = "eu,us")]
+    pub regions: String,
 }
 
 /// One invariant over many items.
@@ -150,6 +155,7 @@ async fn look(
         checks.push(derived::search(args).await?);
         checks.push(derived::analytics(dbs, args, tenant).await?);
         checks.push(derived::recommendations(dbs, args, tenant).await?);
+        checks.push(regions::converged(args).await?);
     }
     Ok(checks)
 }
