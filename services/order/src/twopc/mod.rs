@@ -32,6 +32,7 @@ pub mod log;
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use shop_core::ServiceError;
@@ -464,31 +465,33 @@ impl Coordinator {
     }
 }
 
-/// Phase two at one participant, tried a few times.
+/// Phase two at one participant, tried a few times (50 ms, doubling, with jitter); recovery
+/// takes over from there.
 async fn finish(
-    mut client: ParticipantClient<Channel>,
+    client: ParticipantClient<Channel>,
     gid: &str,
     commit: bool,
 ) -> Result<(), tonic::Status> {
-    let mut wait = Duration::from_millis(50);
-    let mut tries = 0;
-    loop {
+    let decide = || {
+        let mut client = client.clone();
         let decision = Decision {
             gid: gid.to_owned(),
         };
-        let done = if commit {
-            client.commit(decision).await
-        } else {
-            client.rollback(decision).await
-        };
-        match done {
-            Ok(_) => return Ok(()),
-            Err(e) if tries >= 3 => return Err(e),
-            Err(_) => {
-                tries += 1;
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+        async move {
+            if commit {
+                client.commit(decision).await
+            } else {
+                client.rollback(decision).await
             }
         }
-    }
+    };
+    decide
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(3)
+                .with_jitter(),
+        )
+        .await
+        .map(|_| ())
 }
