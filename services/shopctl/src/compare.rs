@@ -11,6 +11,9 @@
 //! - optionally (`--kill-order`) the same with the order service (orchestrator and
 //!   coordinator; for choreography only the recorder) SIGKILLed mid-run and started again;
 //! - and `shopctl check` for the run's tenant after each run (0 violations expected).
+//!
+//! A few orders of each mode go first, not counted (a warm-up: a platform just started has
+//! consumer groups still joining).
 
 use std::time::{Duration, Instant};
 
@@ -355,6 +358,28 @@ async fn twopc_windows(dbs: &Databases, tenant: &str) -> anyhow::Result<(Vec<u64
     Ok((held, doubt))
 }
 
+const MODES: [Coordination; 3] = [
+    Coordination::Saga,
+    Coordination::Choreography,
+    Coordination::TwoPhaseCommit,
+];
+
+/// A few orders of `mode` before anything is measured, not counted: a platform just started
+/// (its consumer groups still joining, its pools still opening) would otherwise weigh on the
+/// first mode's figures only.
+async fn warm_up(args: &CompareArgs, run: &str, mode: Coordination) -> anyhow::Result<()> {
+    const ORDERS: usize = 6;
+    let s = setup(run, &format!("warmup{}", mode as i32), args.skus, ORDERS).await?;
+    let order = OrderServiceClient::new(channel("order")?);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    stream::iter(0..ORDERS)
+        .map(|i| one(order.clone(), request(&s, i, mode), give_up))
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    Ok(())
+}
+
 pub async fn run(dbs: &Databases, args: &CompareArgs) -> anyhow::Result<Vec<Row>> {
     let run = uuid::Uuid::now_v7().simple().to_string();
     let run = &run[20..];
@@ -365,13 +390,12 @@ pub async fn run(dbs: &Databases, args: &CompareArgs) -> anyhow::Result<Vec<Row>
     if args.kill_order {
         faults.push(Fault::KillOrder);
     }
+    for mode in MODES {
+        warm_up(args, run, mode).await?;
+    }
     let mut rows = Vec::new();
     for fault in faults {
-        for mode in [
-            Coordination::Saga,
-            Coordination::Choreography,
-            Coordination::TwoPhaseCommit,
-        ] {
+        for mode in MODES {
             let row = measure(args, dbs, run, mode, fault).await?;
             eprintln!(
                 "  {} / {}: done in {:.1} s",
