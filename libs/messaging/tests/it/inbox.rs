@@ -275,3 +275,59 @@ async fn a_lost_database_connection_is_retried_until_it_is_back_and_never_dead_l
     assert_eq!(effects.applied, 1);
     db.drop_db().await;
 }
+
+/// [`smoke::OrderedTicks`] that wants only the ticks of aggregate `agg-want`.
+struct Choosy;
+
+impl shop_messaging::inbox::Handler for Choosy {
+    fn wants(&self, event: &shop_messaging::EventEnvelope) -> bool {
+        event.aggregate_id == "agg-want"
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: &shop_messaging::EventEnvelope,
+    ) -> Result<(), shop_messaging::inbox::HandlerError> {
+        smoke::OrderedTicks.handle(conn, event).await
+    }
+}
+
+#[tokio::test]
+async fn a_message_the_handler_does_not_want_costs_no_inbox_row_and_the_ones_after_it_apply() {
+    use shop_messaging::inbox::{Inbox, InboxConfig};
+    let db = TestDb::new().await;
+    let kafka = kafka();
+    let topic = topic(&kafka, "wants").await;
+    for (agg, seq) in [
+        ("agg-other", 1),
+        ("agg-want", 1),
+        ("agg-other", 2),
+        ("agg-want", 2),
+    ] {
+        let tick = smoke::tick(&topic, agg, seq);
+        produce_raw(&kafka, &topic, agg, &tick.envelope.encode_to_vec()).await;
+    }
+    let consumer = format!("group-{}", uuid::Uuid::new_v4().simple());
+    let config = InboxConfig::new(consumer.clone(), &[&topic]);
+    let inbox = Inbox::new(db.pool.clone(), &kafka, config, Choosy).expect("inbox");
+    let stats = inbox.stats();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(inbox.run(stop.clone()));
+    eventually(Duration::from_secs(30), "the wanted ticks applied", || {
+        let s = stats.clone();
+        async move { s.processed.load(Ordering::Relaxed) >= 2 }
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("join").expect("inbox ran");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = $1")
+        .bind(&consumer)
+        .fetch_one(&db.pool)
+        .await
+        .expect("inbox rows");
+    assert_eq!(rows, 2, "an inbox row for each wanted message only");
+    assert_eq!(smoke::effects(&db.pool).await.expect("effects").applied, 2);
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
+    db.drop_db().await;
+}
