@@ -70,12 +70,11 @@ pub async fn converged(args: &CheckArgs) -> anyhow::Result<Check> {
     Ok(check)
 }
 
-/// FNV-1a 64 of `s`, hex (stable, only compared within one run).
+/// A hash of `s` (std's SipHash with its fixed keys: the same within a run, which is all the
+/// two looks compare).
 fn fingerprint(s: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    format!("{:016x}", h.finish())
 }

@@ -301,8 +301,8 @@ impl Platform {
 
     /// [`Platform::check`] with more arguments (`--core-only`, say).
     pub async fn check_with(&self, tenant: &str, more: &[&str]) -> (bool, serde_json::Value) {
-        let out = Command::new(self.bin.join("shopctl"))
-            .args([
+        let out = self
+            .shopctl(&[
                 "check",
                 "--json",
                 "--confirm-after",
@@ -315,8 +315,6 @@ impl Platform {
             .args(["--search-index", &format!("{}-products", self.run)])
             .args(["--analytics-database", &format!("{}_analytics", self.run)])
             .args(["--topic-prefix", &self.topics])
-            .env("SHOP_DB_PREFIX", format!("{}_", self.run))
-            .env("SHOP_PG_URL", PG_URL)
             .output()
             .await
             .expect("run shopctl check");
